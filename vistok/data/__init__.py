@@ -1,0 +1,1 @@
+"""Data (helper writes this)."""

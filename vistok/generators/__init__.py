@@ -1,0 +1,1 @@
+"""Generators (helper writes this)."""

@@ -1,0 +1,1 @@
+"""Quantizers: one module each, all returning QuantizerOutput."""

@@ -1,0 +1,58 @@
+"""The quantizer interface every quantizer implements (one file per quantizer, one return type for all).
+
+Layout is fixed once (style principle 3): quantizers take channel-last latents ``z`` of shape (B, N, D) and
+return a :class:`QuantizerOutput` whose ``indices`` are int64 (B, N) for one codebook or (B, N, C) for C
+codebooks/groups/bits/dimensions. Tokenizers own the image ↔ sequence reshape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+
+@dataclass
+class QuantizerOutput:
+    """What every quantizer returns.
+
+    quantized: (B, N, D) codes fed to the decoder (straight-through: gradients flow to ``z`` in training).
+    indices:   (B, N) or (B, N, C) int64 token indices.
+    losses:    named scalar losses, **already weighted**: the training loss adds ``sum(losses.values())``.
+    stats:     named detached scalars for logging (codebook usage, perplexity, entropy terms).
+    """
+
+    quantized: torch.Tensor
+    indices: torch.Tensor
+    losses: dict[str, torch.Tensor] = field(default_factory=dict)
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class Quantizer(nn.Module):
+    """Base class. Subclasses set ``codebook_sizes`` (one entry per index channel), ``code_dim`` and ``kind``
+    (the TokenSpec kind: "vocab", "subvocab", "bits" or "bins"), and implement ``forward`` and
+    ``indices_to_codes``."""
+
+    kind: str = "vocab"
+    codebook_sizes: tuple[int, ...] = ()
+    code_dim: int = 0
+
+    def forward(self, z: torch.Tensor) -> QuantizerOutput:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def indices_to_codes(self, indices: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
+        """Map (B, N[, C]) indices to the (B, N, D) codes ``forward`` would have returned for them."""
+        raise NotImplementedError
+
+    @property
+    def num_codebooks(self) -> int:
+        return len(self.codebook_sizes)
+
+
+def usage_stats(indices: torch.Tensor, codebook_size: int) -> dict[str, torch.Tensor]:
+    """Fraction of codes used in this batch and the perplexity exp(H) of the batch's code histogram."""
+    counts = torch.bincount(indices.reshape(-1), minlength=codebook_size).float()
+    probs = counts / counts.sum().clamp_min(1)
+    entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum()
+    return {"usage": (counts > 0).float().mean(), "perplexity": entropy.exp()}

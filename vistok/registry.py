@@ -1,0 +1,69 @@
+"""One registry for every buildable part (timm-style): ``@register("quantizer", "vq")`` on a class, then
+``build("quantizer", {"name": "vq", ...})`` anywhere. Adding a method is a new file plus one decorator line.
+
+Kinds: ``quantizer``, ``tokenizer``, ``generator``, ``head`` (generator output heads, keyed by TokenSpec kind),
+``conditioning``, ``dataset``, ``metric``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
+
+_REGISTRY: dict[str, dict[str, Callable[..., Any]]] = {}
+
+
+def register(kind: str, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: make ``obj`` buildable as ``build(kind, {"name": name, ...})``."""
+
+    def deco(obj: Callable[..., Any]) -> Callable[..., Any]:
+        table = _REGISTRY.setdefault(kind, {})
+        if name in table and table[name] is not obj:
+            raise ValueError(f"{kind} {name!r} is registered twice ({table[name]} and {obj})")
+        table[name] = obj
+        obj.registry_name = name  # type: ignore[attr-defined]
+        obj.registry_kind = kind  # type: ignore[attr-defined]
+        return obj
+
+    return deco
+
+
+def _ensure_imported() -> None:
+    # Importing the subpackages runs their @register decorators.
+    import vistok.data  # noqa: F401
+    import vistok.generators  # noqa: F401
+    import vistok.quantizers  # noqa: F401
+    import vistok.tokenizers  # noqa: F401
+
+
+def list_names(kind: str) -> list[str]:
+    _ensure_imported()
+    return sorted(_REGISTRY.get(kind, {}))
+
+
+def lookup(kind: str, name: str) -> Callable[..., Any]:
+    _ensure_imported()
+    table = _REGISTRY.get(kind, {})
+    if name not in table:
+        close = difflib.get_close_matches(name, table, n=3)
+        hint = f" Did you mean {close}?" if close else ""
+        raise KeyError(f"unknown {kind} {name!r}; registered: {sorted(table)}.{hint}")
+    return table[name]
+
+
+def build(kind: str, cfg: Mapping[str, Any] | str, **overrides: Any) -> Any:
+    """Build a registered object from a config section ``{"name": ..., **kwargs}`` (or just a name)."""
+    cfg = {"name": cfg} if isinstance(cfg, str) else dict(cfg)
+    if "name" not in cfg:
+        raise KeyError(f"{kind} config needs a 'name' key (one of {list_names(kind)}); got keys {sorted(cfg)}")
+    name = cfg.pop("name")
+    cls = lookup(kind, name)
+    kwargs = {**cfg, **overrides}
+    params = inspect.signature(cls).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(set(kwargs) - set(params))
+        if unknown:
+            raise TypeError(f"{kind} {name!r} got unknown options {unknown}; it accepts {sorted(params)}")
+    return cls(**kwargs)

@@ -1,0 +1,1 @@
+"""Tokenizers: images <-> tokens behind one interface."""

@@ -1,0 +1,60 @@
+"""The tokenizer interface: images ↔ tokens, a training forward, and the :class:`TokenSpec` it publishes.
+
+Images are float tensors in [-1, 1], NCHW, everywhere inside the library; conversion to and from uint8/PIL happens
+at the edges (``vistok.data.imageio``). Tokens are plain integer tensors shaped as ``token_spec`` says.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from vistok.hub import PretrainedModel
+from vistok.spec import TokenSpec
+
+
+@dataclass
+class TokenizerOutput:
+    """A training forward's result.
+
+    reconstruction: (B, 3, H, W) in [-1, 1] (not clamped, so the loss sees the raw output).
+    losses:         named scalar losses, already weighted; the trainer minimizes their sum.
+    stats:          named detached scalars for logging.
+    tokens:         the tokens the images were encoded to.
+    """
+
+    reconstruction: torch.Tensor
+    losses: dict[str, torch.Tensor] = field(default_factory=dict)
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)
+    tokens: torch.Tensor | None = None
+
+
+class Tokenizer(PretrainedModel):
+    """Base class of every tokenizer. Subclasses implement the four members below and register themselves with
+    ``@register("tokenizer", name)``."""
+
+    resolution: int
+
+    @property
+    def token_spec(self) -> TokenSpec:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
+        """(B, 3, H, W) images in [-1, 1] → tokens shaped ``(B, *token_spec.token_shape)``."""
+        raise NotImplementedError
+
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
+        """Tokens → (B, 3, H, W) images in [-1, 1] (clamped)."""
+        raise NotImplementedError
+
+    def forward(self, images: torch.Tensor) -> TokenizerOutput:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def check_images(self, images: torch.Tensor) -> None:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
+        if images.shape[-2:] != (self.resolution, self.resolution):
+            raise ValueError(f"this tokenizer takes {self.resolution}×{self.resolution} images, "
+                             f"got {images.shape[-2]}×{images.shape[-1]}; resize them first "
+                             "(vistok.data uses an ADM-style center crop)")
