@@ -4,7 +4,7 @@
 ``_vistok`` block naming the registered class) and ``model.safetensors``. ``Cls.from_pretrained(dir)`` rebuilds
 the exact model; :func:`load_pretrained` does so without knowing the class. Two changes to the mixin's defaults:
 loading is strict (a mismatched checkpoint is an error that names the directory and the differing keys, never a
-silent partial load), and the save is atomic (written to a temporary folder, then renamed into place).
+silent partial load), and each file is written atomically (to a temporary name, then renamed into place; weights before config).
 """
 
 from __future__ import annotations
@@ -20,15 +20,14 @@ import torch
 from huggingface_hub import PyTorchModelHubMixin
 from safetensors.torch import load_file
 
+from vistok.errors import CheckpointError
 from vistok.registry import lookup
+
+__all__ = ["CheckpointError", "PretrainedModel", "load_pretrained", "load_state_dict_strict", "read_config"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_VERSION = 1
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint folder is missing, unreadable or does not match the model it is loaded into."""
 
 
 class PretrainedModel(torch.nn.Module, PyTorchModelHubMixin, library_name="vistok", repo_url="https://github.com/vistok/vistok"):
@@ -51,14 +50,10 @@ class PretrainedModel(torch.nn.Module, PyTorchModelHubMixin, library_name="visto
                 "vistok_version": _version(),
             }
             cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
-            if save_directory.exists():
-                old = save_directory.with_name(save_directory.name + ".old")
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(save_directory, old)
-                os.replace(tmp, save_directory)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, save_directory)
+            # Move file by file (weights first) so the folder may also hold a run's logs and checkpoints.
+            save_directory.mkdir(parents=True, exist_ok=True)
+            for name in sorted(os.listdir(tmp), key=lambda n: n == CONFIG_NAME):
+                os.replace(tmp / name, save_directory / name)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 

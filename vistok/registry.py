@@ -12,6 +12,8 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from vistok.errors import ConfigError
+
 _REGISTRY: dict[str, dict[str, Callable[..., Any]]] = {}
 
 
@@ -49,7 +51,7 @@ def lookup(kind: str, name: str) -> Callable[..., Any]:
     if name not in table:
         close = difflib.get_close_matches(name, table, n=3)
         hint = f" Did you mean {close}?" if close else ""
-        raise KeyError(f"unknown {kind} {name!r}; registered: {sorted(table)}.{hint}")
+        raise ConfigError(f"unknown {kind} {name!r}; registered: {sorted(table)}.{hint}")
     return table[name]
 
 
@@ -57,7 +59,7 @@ def build(kind: str, cfg: Mapping[str, Any] | str, **overrides: Any) -> Any:
     """Build a registered object from a config section ``{"name": ..., **kwargs}`` (or just a name)."""
     cfg = {"name": cfg} if isinstance(cfg, str) else dict(cfg)
     if "name" not in cfg:
-        raise KeyError(f"{kind} config needs a 'name' key (one of {list_names(kind)}); got keys {sorted(cfg)}")
+        raise ConfigError(f"{kind} config needs a 'name' key (one of {list_names(kind)}); got keys {sorted(cfg)}")
     name = cfg.pop("name")
     cls = lookup(kind, name)
     kwargs = {**cfg, **overrides}
@@ -65,5 +67,5 @@ def build(kind: str, cfg: Mapping[str, Any] | str, **overrides: Any) -> Any:
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
         unknown = sorted(set(kwargs) - set(params))
         if unknown:
-            raise TypeError(f"{kind} {name!r} got unknown options {unknown}; it accepts {sorted(params)}")
+            raise ConfigError(f"{kind} {name!r} got unknown options {unknown}; it accepts {sorted(params)}")
     return cls(**kwargs)

@@ -1,1 +1,6 @@
-"""Quantizers: one module each, all returning QuantizerOutput."""
+"""Quantizers: one module each, all returning :class:`QuantizerOutput` (see ``base.py``)."""
+
+from vistok.quantizers.base import Quantizer, QuantizerOutput
+from vistok.quantizers.vq import VectorQuantizer
+
+__all__ = ["Quantizer", "QuantizerOutput", "VectorQuantizer"]

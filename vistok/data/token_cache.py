@@ -1,0 +1,68 @@
+"""Tokens pre-computed once by a frozen tokenizer, cached on disk for generator training (LlamaGen's "extract
+codes" stage). The cache key is the tokenizer's weights hash plus the dataset config, so a retrained tokenizer or
+a different dataset never reuses stale tokens. Stored as safetensors (tokens, labels) + a JSON manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from vistok.hub import WEIGHTS_NAME
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+class TokenDataset(Dataset):
+    """Items ``{"tokens": LongTensor token_shape, "label": int}`` from a cache."""
+
+    def __init__(self, tokens: torch.Tensor, labels: torch.Tensor) -> None:
+        self.tokens, self.labels = tokens, labels
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"tokens": self.tokens[i].long(), "label": int(self.labels[i])}
+
+
+@torch.no_grad()
+def build_token_cache(tokenizer: Any, tokenizer_dir: str | Path, dataset: Dataset, data_cfg: dict[str, Any],
+                      cache_dir: str | Path, batch_size: int = 256, num_workers: int = 0,
+                      device: torch.device | str = "cpu", progress: bool = True) -> TokenDataset:
+    """Encode ``dataset`` with ``tokenizer`` once; later calls with the same tokenizer weights and data config load
+    the cached file instead."""
+    key_src = json.dumps({"tokenizer": file_sha256(Path(tokenizer_dir) / WEIGHTS_NAME), "data": data_cfg},
+                         sort_keys=True)
+    key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
+    path = Path(cache_dir) / f"{key}.safetensors"
+    if path.is_file():
+        cached = load_file(str(path))
+        return TokenDataset(cached["tokens"], cached["labels"])
+
+    tokenizer = tokenizer.to(device).eval()
+    tokens, labels = [], []
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False)
+    for batch in tqdm(loader, desc="encoding tokens", disable=not progress, dynamic_ncols=True):
+        tokens.append(tokenizer.encode(batch["image"].to(device)).cpu().to(torch.int32))
+        labels.append(torch.as_tensor(batch["label"]).to(torch.int64))
+    all_tokens, all_labels = torch.cat(tokens), torch.cat(labels)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({"tokens": all_tokens.contiguous(), "labels": all_labels.contiguous()}, str(tmp),
+              metadata={"key": key_src, "token_spec": json.dumps(tokenizer.token_spec.to_dict())})
+    os.replace(tmp, path)
+    return TokenDataset(all_tokens, all_labels)

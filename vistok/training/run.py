@@ -1,0 +1,72 @@
+"""``run_training(cfg)``: what ``train.py`` does, callable from Python (thin CLI, thick library)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from vistok.data import build_dataset
+from vistok.data.token_cache import build_token_cache
+from vistok.errors import ConfigError
+from vistok.hub import load_pretrained
+from vistok.registry import build
+from vistok.training.checkpoint import latest_checkpoint
+from vistok.training.config import to_container
+from vistok.training.loop import pick_device, train
+from vistok.training.tasks import GeneratorTask, TokenizerTask
+
+
+def held_out_data_cfg(cfg: DictConfig) -> dict[str, Any]:
+    """The eval set: ``eval.data`` if given; for generated data (shapes) the same generator with another seed;
+    otherwise the training data itself (say so: a real held-out folder should be passed as eval.data)."""
+    if cfg.eval.data:
+        return to_container(cfg.eval.data)
+    data = to_container(cfg.data)
+    if data.get("name") == "shapes":
+        return {**data, "seed": int(data.get("seed", 0)) + 1000, "size": max(int(cfg.eval.num_images), 64)}
+    return data
+
+
+def run_training(cfg: DictConfig, *, resume: bool = False, overwrite: bool = False,
+                 callbacks: list | None = None, progress: bool = True) -> Any:
+    run_dir = Path(cfg.run_dir)
+    if overwrite and run_dir.exists():
+        shutil.rmtree(run_dir)
+    if not resume and latest_checkpoint(run_dir) is not None:
+        raise ConfigError(f"{run_dir} already has checkpoints; pass --resume to continue it or --overwrite to start "
+                          "over (or choose another run_dir=...)")
+    if cfg.train.threads:
+        torch.set_num_threads(int(cfg.train.threads))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    device = pick_device(cfg.train.device)
+    data_cfg = to_container(cfg.data)
+    dataset = build_dataset(data_cfg)
+    model_cfg = to_container(cfg.model)
+
+    if cfg.stage == "tokenizer":
+        model_cfg.setdefault("resolution", data_cfg.get("resolution", 256))
+        torch.manual_seed(cfg.train.seed)
+        model = build("tokenizer", model_cfg)
+        task = TokenizerTask(model, build_dataset(held_out_data_cfg(cfg)), cfg.eval.num_images,
+                             cfg.train.batch_size)
+    else:
+        tokenizer = load_pretrained(cfg.tokenizer, kind="tokenizer")
+        if data_cfg.get("resolution", tokenizer.resolution) != tokenizer.resolution:
+            raise ConfigError(f"data.resolution={data_cfg['resolution']} but the tokenizer in {cfg.tokenizer} "
+                              f"takes {tokenizer.resolution}×{tokenizer.resolution} images")
+        tokens = build_token_cache(tokenizer, cfg.tokenizer, dataset, data_cfg, cfg.token_cache_dir,
+                                   batch_size=cfg.train.batch_size, num_workers=cfg.train.num_workers,
+                                   device=device, progress=progress)
+        tokenizer.save_pretrained(run_dir / "tokenizer")  # a generator run folder is self-contained
+        torch.manual_seed(cfg.train.seed)
+        model = build("generator", model_cfg, token_spec=tokenizer.token_spec.to_dict(),
+                      num_classes=len(dataset.class_names), class_names=list(dataset.class_names))
+        task = GeneratorTask(model, tokenizer, cfg.sample, seed=cfg.train.seed)
+        dataset = tokens
+    return train(task, dataset, cfg.train, run_dir, resume=resume, device=device, callbacks=callbacks,
+                 eval_every=cfg.eval.every, progress=progress)
