@@ -4,7 +4,8 @@
 ``_vistok`` block naming the registered class) and ``model.safetensors``. ``Cls.from_pretrained(dir)`` rebuilds
 the exact model; :func:`load_pretrained` does so without knowing the class. Two changes to the mixin's defaults:
 loading is strict (a mismatched checkpoint is an error that names the directory and the differing keys, never a
-silent partial load), and each file is written atomically (to a temporary name, then renamed into place; weights before config).
+silent partial load), and each file is written atomically (to a temporary name, then renamed into place;
+weights before config).
 """
 
 from __future__ import annotations
