@@ -1,0 +1,284 @@
+"""A LlamaGen-style class-conditional GPT (Sun et al. 2024, "Autoregressive Model Beats Diffusion: Llama for
+Scalable Image Generation") whose input embedding and output head come from the tokenizer's :class:`TokenSpec`.
+
+The backbone is Llama: pre-norm blocks of RMSNorm → causal self-attention with RoPE → RMSNorm → SwiGLU, no
+biases, a final RMSNorm. Everything that depends on what a token *is* lives in the head (``heads/``, chosen by
+``spec.kind``); the condition is a prefix of P embedded tokens from a registered conditioning module.
+
+Sequence and targets (P = the conditioning's prefix length, 1 for class labels, L tokens):
+
+    input    [c_0 .. c_{P-1}] [t_0 .. t_{L-2}]      P + L - 1 positions
+    predicts            t_0    t_1 .. t_{L-1}       hidden at position P-1+i predicts t_i
+
+RoPE coordinates (``rope_coords``): a grid layout uses 2D RoPE with token (r, c) at (r + P, c + P) and prefix token
+p at the diagonal point (p, p); a seq layout uses 1D RoPE with token i at P + i and prefix token p at p. So the
+prefix (0, 0) sits one step before the first row and column of the image on both axes and no image token shares
+its coordinates (LlamaGen instead gives the class token an all-zero rotation table; we keep a proper rotation).
+
+Generation (``generate``) uses a static KV cache (gpt-fast style, ``kv_cache.py``): ``new_cache`` → ``prefill``
+(prefix) → ``decode_step`` per token; classifier-free guidance runs the conditional and the unconditional (null
+condition) rows as one doubled batch and lets the head combine them.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from vistok.generators.conditioning import Conditioning
+from vistok.generators.heads.base import TokenHead, build_head
+from vistok.generators.kv_cache import KVCache
+from vistok.generators.sampling import cfg_scale_at
+from vistok.hub import PretrainedModel
+from vistok.layers import CausalSelfAttention, RMSNorm, RoPE, SwiGLU
+from vistok.registry import build, lookup, register
+from vistok.spec import TokenSpec
+
+# LlamaGen's sizes (GPT-B/L/XL/XXL); gpt_tiny is for CPU tests and demos.
+GPT_SIZES: dict[str, dict[str, int]] = {
+    "gpt_tiny": {"dim": 256, "depth": 6, "heads": 8},
+    "gpt_b": {"dim": 768, "depth": 12, "heads": 12},
+    "gpt_l": {"dim": 1024, "depth": 24, "heads": 16},
+    "gpt_xl": {"dim": 1280, "depth": 36, "heads": 20},
+    "gpt_xxl": {"dim": 1536, "depth": 48, "heads": 24},
+}
+
+
+@dataclass
+class GeneratorOutput:
+    """A training forward's result. loss: the scalar to minimize (the sum of ``losses``); losses: named scalar
+    losses; stats: named detached scalars for logging."""
+
+    loss: torch.Tensor
+    losses: dict[str, torch.Tensor] = field(default_factory=dict)
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def rope_coords(spec: TokenSpec, num_prefix: int) -> torch.Tensor:
+    """Integer RoPE coordinates (P + L, n_axes) of the sequence [prefix, tokens]; see the module docstring."""
+    P, L = num_prefix, spec.length
+    if spec.layout == "grid":
+        h, w = spec.grid
+        rows = torch.arange(h).repeat_interleave(w)  # (L,) raster order: row-major
+        cols = torch.arange(w).repeat(h)  # (L,)
+        tokens = torch.stack([rows, cols], dim=1) + P  # (L, 2)
+        prefix = torch.arange(P)[:, None].expand(P, 2)  # (P, 2): (p, p)
+    else:
+        tokens = (torch.arange(L) + P)[:, None]  # (L, 1)
+        prefix = torch.arange(P)[:, None]  # (P, 1)
+    return torch.cat([prefix, tokens]).long()
+
+
+class Block(nn.Module):
+    """Llama pre-norm transformer block."""
+
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.attention_norm = RMSNorm(dim)
+        self.attention = CausalSelfAttention(dim, heads, dropout)
+        self.ffn_norm = RMSNorm(dim)
+        self.feed_forward = SwiGLU(dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None,
+                start: int = 0) -> torch.Tensor:
+        x = x + self.drop(self.attention(self.attention_norm(x), cos, sin, cache, start))
+        return x + self.drop(self.feed_forward(self.ffn_norm(x)))
+
+
+@register("generator", "gpt")
+class GPT(PretrainedModel):
+    """Class-conditional autoregressive generator over any TokenSpec that has a head.
+
+    token_spec: ``TokenSpec.to_dict()`` of the tokenizer whose tokens this models.
+    class_dropout: probability of replacing the condition by the null condition in training (LlamaGen: 0.1).
+    dropout: on input embeddings, attention weights and residual branches.
+    conditioning: a registered conditioning name, or a config section ``{"name": ..., **options}``; ``dim`` and
+        ``num_classes`` are passed to it when its constructor takes them.
+    """
+
+    def __init__(self, token_spec: dict, num_classes: int, dim: int = 256, depth: int = 6, heads: int = 8,
+                 class_dropout: float = 0.1, dropout: float = 0.0, class_names: list[str] | None = None,
+                 conditioning: str | dict = "class") -> None:
+        super().__init__()
+        self.spec = TokenSpec.from_dict(token_spec)
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"class_names has {len(class_names)} names for {num_classes} classes")
+        self.num_classes, self.class_names = num_classes, list(class_names) if class_names else None
+        self.dim, self.depth, self.heads = dim, depth, heads
+        self.class_dropout = class_dropout
+
+        self.cond: Conditioning = _build_conditioning(conditioning, dim=dim, num_classes=num_classes)
+        self.head: TokenHead = build_head(self.spec, dim)
+        self.drop = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(Block(dim, heads, dropout) for _ in range(depth))
+        self.norm = RMSNorm(dim)
+        self.rope = RoPE(dim // heads, n_axes=2 if self.spec.layout == "grid" else 1)
+        # (P + L, n_axes) integer coordinates; an int buffer, so .to(dtype) leaves it alone; not saved.
+        self.register_buffer("coords", rope_coords(self.spec, self.cond.num_prefix), persistent=False)
+
+        self.apply(_init_weights)
+        self.head.init_weights()
+
+    @property
+    def token_spec(self) -> TokenSpec:
+        return self.spec
+
+    @property
+    def num_prefix(self) -> int:
+        return self.cond.num_prefix
+
+    # ---- backbone -----------------------------------------------------------------------------------------------
+    def backbone(self, x: torch.Tensor, start: int = 0, cache: list[KVCache] | None = None) -> torch.Tensor:
+        """Input embeddings x (B, T, dim) at sequence positions start..start+T-1 -> final-normed hidden (B, T, dim).
+        Without a cache, causal attention over x alone (start must then be 0); with one, over the cache too."""
+        T = x.shape[1]
+        if start + T > self.coords.shape[0]:
+            raise ValueError(f"positions {start}..{start + T - 1} exceed the sequence length {self.coords.shape[0]}")
+        if cache is None and start != 0:
+            raise ValueError("without a KV cache the input must start at position 0")
+        cos, sin = self.rope(self.coords[start:start + T], x.dtype)  # each (T, head_dim/2), float32 or float64
+        x = self.drop(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cos, sin, None if cache is None else cache[i], start)
+        return self.norm(x)
+
+    # ---- training -----------------------------------------------------------------------------------------------
+    def forward(self, tokens: torch.Tensor, labels: torch.Tensor) -> GeneratorOutput:
+        """Next-token loss of tokens (B, n[, C]) given conditions ``labels`` (B,); n == L, or 1..L for prefix_ok
+        specs. In training mode each condition is replaced by the null one with probability ``class_dropout``."""
+        self.spec.validate(tokens)
+        tokens = tokens.long()
+        drop = None
+        if self.training and self.class_dropout > 0:
+            drop = torch.rand(tokens.shape[0], device=tokens.device) < self.class_dropout  # (B,) bool
+        prefix = self.cond(labels, drop)  # (B, P, dim)
+        x = torch.cat([prefix, self.head.embed(tokens[:, :-1])], dim=1)  # (B, P + n - 1, dim)
+        hidden = self.backbone(x)[:, prefix.shape[1] - 1:]  # (B, n, dim): position P-1+i predicts token i
+        loss, stats = self.head.loss(hidden, tokens)
+        return GeneratorOutput(loss=loss, losses={self.head.loss_name: loss}, stats=stats)
+
+    # ---- generation -----------------------------------------------------------------------------------------------
+    def new_cache(self, batch: int, max_len: int, dtype: torch.dtype | None = None) -> list[KVCache]:
+        """A fresh static KV cache (one :class:`KVCache` per block) for ``batch`` rows and ``max_len`` positions."""
+        p = next(self.parameters())
+        return [KVCache(batch, max_len, self.heads, self.dim // self.heads, dtype or p.dtype, p.device)
+                for _ in self.blocks]
+
+    def prefill(self, cond_prefix_embeddings: torch.Tensor, cache: list[KVCache]) -> torch.Tensor:
+        """Run the prefix (B, P, dim) through the model, filling positions 0..P-1 of ``cache``; returns the last
+        position's hidden state (B, dim), which predicts token 0."""
+        return self.backbone(cond_prefix_embeddings, 0, cache)[:, -1]
+
+    def decode_step(self, token_embedding: torch.Tensor, position: int, cache: list[KVCache]) -> torch.Tensor:
+        """One token's embedding (B, 1, dim) at sequence position ``position`` (token i sits at P + i) attending
+        over the cache; returns its hidden state (B, dim), which predicts the next token."""
+        if token_embedding.ndim == 2:
+            token_embedding = token_embedding[:, None]  # (B, dim) -> (B, 1, dim)
+        return self.backbone(token_embedding, position, cache)[:, -1]
+
+    @torch.no_grad()
+    def generate(self, labels: torch.Tensor, num_tokens: int | None = None, cfg_scale: float = 1.0,
+                 cfg_schedule: str = "constant", temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                 generator: torch.Generator | None = None, use_cache: bool = True,
+                 guidance: bool | None = None) -> torch.Tensor:
+        """Sample tokens (B, n[, C]) for conditions ``labels`` (B,).
+
+        num_tokens: n, default the spec's length; shorter only for ``prefix_ok`` specs.
+        cfg_scale, cfg_schedule: classifier-free guidance (``sampling.cfg_scale_at``), by batch doubling.
+        temperature (0 = greedy), top_k (0 = off), top_p (1 = off): see ``sampling.sample_logits``.
+        generator: a ``torch.Generator`` on the model's device; the same seed gives the same tokens.
+        use_cache: False recomputes the whole sequence at every step (the slow reference path).
+        guidance: run the unconditional branch; None (default) does so iff ``cfg_scale != 1``.
+        """
+        def choose(i: int, h_cond: torch.Tensor, h_uncond: torch.Tensor | None, scale: float) -> torch.Tensor:
+            return self.head.sample(h_cond, h_uncond, scale, temperature, top_k, top_p, generator)
+
+        return self._decode(labels, num_tokens, cfg_scale, cfg_schedule, use_cache, guidance, choose)
+
+    @torch.no_grad()
+    def step_logits(self, labels: torch.Tensor, tokens: torch.Tensor, cfg_scale: float = 1.0,
+                    cfg_schedule: str = "constant", use_cache: bool = True,
+                    guidance: bool | None = None) -> torch.Tensor:
+        """The (guided) logits (B, n, ...) that ``generate`` samples each token from, with the given tokens
+        (B, n[, C]) forced instead of sampled: runs the exact decoding loop of ``generate``, so the cached and
+        the full-recompute paths can be compared step by step."""
+        trace: list[torch.Tensor] = []
+
+        def choose(i: int, h_cond: torch.Tensor, h_uncond: torch.Tensor | None, scale: float) -> torch.Tensor:
+            trace.append(self.head.guided_logits(h_cond, h_uncond, scale))
+            return tokens[:, i].long()
+
+        self._decode(labels, tokens.shape[1], cfg_scale, cfg_schedule, use_cache, guidance, choose)
+        return torch.stack(trace, dim=1)
+
+    def _decode(self, labels: torch.Tensor, num_tokens: int | None, cfg_scale: float, cfg_schedule: str,
+                use_cache: bool, guidance: bool | None,
+                choose: Callable[[int, torch.Tensor, torch.Tensor | None, float], torch.Tensor]) -> torch.Tensor:
+        """The one decoding loop behind ``generate`` and ``step_logits``; ``choose(i, h_cond, h_uncond, scale)``
+        returns token i (B,) or (B, C) from the hidden states that predict it."""
+        n = self._check_num_tokens(num_tokens)
+        cfg_scale_at(0, n, cfg_scale, cfg_schedule)  # fail early on an unknown schedule
+        B = labels.shape[0]
+        guided = cfg_scale != 1.0 if guidance is None else guidance
+        prefix = self.cond(labels)  # (B, P, dim)
+        if guided:  # rows 0..B-1 conditional, B..2B-1 unconditional
+            prefix = torch.cat([prefix, self.cond.null(B).to(prefix.dtype)])  # (2B, P, dim)
+        P = prefix.shape[1]
+        if use_cache:
+            cache = self.new_cache(prefix.shape[0], P + n - 1)
+            hidden = self.prefill(prefix, cache)  # (B or 2B, dim)
+        else:
+            seq = prefix
+            hidden = self.backbone(seq)[:, -1]
+        out = []
+        for i in range(n):
+            token = choose(i, hidden[:B], hidden[B:] if guided else None, cfg_scale_at(i, n, cfg_scale, cfg_schedule))
+            out.append(token)
+            if i == n - 1:
+                break
+            x = self.head.embed(token[:, None])  # (B, 1) or (B, 1, C) -> (B, 1, dim)
+            if guided:
+                x = torch.cat([x, x])  # both branches continue with the same token: (2B, 1, dim)
+            if use_cache:
+                hidden = self.decode_step(x, P + i, cache)
+            else:
+                seq = torch.cat([seq, x], dim=1)  # (B or 2B, P + i + 1, dim)
+                hidden = self.backbone(seq)[:, -1]
+        return torch.stack(out, dim=1)  # (B, n) or (B, n, C)
+
+    def _check_num_tokens(self, num_tokens: int | None) -> int:
+        L = self.spec.length
+        if num_tokens is None or num_tokens == L:
+            return L
+        if not self.spec.prefix_ok:
+            raise ValueError(f"num_tokens={num_tokens}: this tokenizer's tokens are always {L} long "
+                             "(only prefix_ok specs can be cut short)")
+        if not 1 <= num_tokens <= L:
+            raise ValueError(f"num_tokens must be in 1..{L}, got {num_tokens}")
+        return int(num_tokens)
+
+
+def gpt(size: str, **kwargs: Any) -> GPT:
+    """A GPT of a named size (``GPT_SIZES``), e.g. ``gpt("gpt_b", token_spec=spec.to_dict(), num_classes=1000)``."""
+    if size not in GPT_SIZES:
+        raise ValueError(f"unknown GPT size {size!r}; choose one of {sorted(GPT_SIZES)}")
+    return GPT(**{**GPT_SIZES[size], **kwargs})
+
+
+def _build_conditioning(cfg: str | dict, **available: Any) -> Conditioning:
+    """Build a registered conditioning, passing it those of ``available`` that its constructor takes."""
+    cfg = {"name": cfg} if isinstance(cfg, str) else dict(cfg)
+    params = inspect.signature(lookup("conditioning", cfg.get("name", ""))).parameters
+    return build("conditioning", cfg, **{k: v for k, v in available.items() if k in params and k not in cfg})
+
+
+def _init_weights(module: nn.Module) -> None:
+    """LlamaGen's init: normal(0, 0.02) for every Linear and Embedding (no biases exist)."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
