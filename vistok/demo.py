@@ -30,6 +30,7 @@ def run_demo(out: Path, tokenizer_steps: int | None = None, generator_steps: int
     from vistok.data import ShapesDataset
     from vistok.data.imageio import save_grid
     from vistok.data.judge import chance_level, judge_accuracy, train_judge
+    from vistok.data.shapes import COLORS
     from vistok.data.sources import data_cfg_from_arg
     from vistok.generate import SamplingSettings, sample_prompts
     from vistok.metrics.evaluate import evaluate_reconstruction
@@ -75,8 +76,7 @@ def run_demo(out: Path, tokenizer_steps: int | None = None, generator_steps: int
     manifest = sample_prompts(out / "generator", list(names), out / "samples", settings, progress=progress)
     images = torch.cat([manifest["images"][p] for p in range(len(names))])
     labels = torch.tensor([e["class_index"] for e in manifest["prompts"]]).repeat_interleave(num_per_prompt)
-    num_colors = len(ShapesDataset.COLOR_NAMES) if hasattr(ShapesDataset, "COLOR_NAMES") else 6
-    acc = judge_accuracy(judge, images, labels // num_colors, labels % num_colors)
+    acc = judge_accuracy(judge, images, labels // len(COLORS), labels % len(COLORS))  # label = shape·6 + color
     save_grid(images, out / "prompts_grid.png", nrow=num_per_prompt * 4)
     lap("sampling_and_judging", t0)
 
