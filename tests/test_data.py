@@ -82,6 +82,10 @@ def test_imagefolder_labels_names_and_crop(tmp_path):
     assert item["label"] == 0 and item["caption"] == "tench"
     assert item["image"].min() >= -1 and item["image"].max() <= 1
     assert {ds[i]["label"] for i in range(len(ds))} == {0, 1}
+    cached = ImageFolderDataset(tmp_path, resolution=16, cache=True)
+    for _ in range(2):  # first pass decodes and caches, second pass serves from memory
+        assert all(torch.equal(cached[i]["image"], ds[i]["image"]) for i in range(len(ds)))
+    assert len(cached._cache) == len(ds)
 
 
 @pytest.mark.parametrize("validate", [True, False])

@@ -9,11 +9,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from PIL import Image
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from vistok.data.imageio import UnreadableImageError, center_crop_resize, load_rgb, pil_to_tensor
+from vistok.data.imageio import UnreadableImageError, center_crop_resize, load_rgb, uint8_to_tensor
 from vistok.data.imagenet_names import wnid_to_name
 from vistok.errors import DataError
 from vistok.registry import register
@@ -49,10 +51,15 @@ class ImageFolderDataset(Dataset):
     ``validate=True`` decodes every file once at construction and drops the unreadable ones. With
     ``validate=False`` a file that fails in ``__getitem__`` is warned about once, recorded in ``skipped``, and the
     next readable index (wrapping around) is served instead; the item's ``index`` is then the one served.
+
+    ``cache=True`` keeps each image, once decoded and cropped, in memory as uint8 (3·R² bytes each: 12 KiB at 64×64,
+    so a few thousand images cost little), so epochs after the first skip JPEG decoding, which dominates small-model
+    training on raw ImageNet files. Each DataLoader worker holds its own cache; leave it off for full ImageNet.
     """
 
-    def __init__(self, root: str | Path, resolution: int, validate: bool = True) -> None:
+    def __init__(self, root: str | Path, resolution: int, validate: bool = True, cache: bool = False) -> None:
         self.root, self.resolution = Path(root), int(resolution)
+        self._cache: dict[int, torch.Tensor] | None = {} if cache else None
         if not self.root.is_dir():
             raise DataError(f"image folder {self.root} does not exist; pass a folder in ImageFolder layout "
                             "(root/<class>/*.jpg)")
@@ -111,12 +118,19 @@ class ImageFolderDataset(Dataset):
             if i in self._bad:
                 continue
             path, label = self.samples[i]
+            if self._cache is not None and i in self._cache:
+                return self._item(uint8_to_tensor(self._cache[i]), label, i)
             try:
                 img = load_rgb(path)
             except UnreadableImageError as e:
                 self._bad.add(i)
                 self._skip(path, e.reason)
                 continue
-            image = pil_to_tensor(center_crop_resize(img, self.resolution))
-            return {"image": image, "label": label, "caption": self.class_names[label], "index": i}
+            pixels = torch.from_numpy(np.asarray(center_crop_resize(img, self.resolution), dtype=np.uint8).copy())
+            if self._cache is not None:
+                self._cache[i] = pixels
+            return self._item(uint8_to_tensor(pixels), label, i)
         raise DataError(f"image folder {self.root}: none of its {n} image files could be read")
+
+    def _item(self, image: torch.Tensor, label: int, index: int) -> dict[str, Any]:
+        return {"image": image, "label": label, "caption": self.class_names[label], "index": index}
