@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rfid.py: error: {e}", file=sys.stderr)
         return 2
     result.update(seconds=time.perf_counter() - start, data=data_cfg, num_tokens_used=args.num_tokens)
+    if args.num_tokens is not None:
+        result["bits_per_image"] = tokenizer.token_spec.bits_per_image(num_tokens=args.num_tokens)
     json_path.write_text(json.dumps(result, indent=2))
     print(json.dumps({k: result[k] for k in ("rfid", "rkid", "psnr", "ssim", "codebook_usage", "bits_per_image",
                                               "num_images", "resolution") if k in result}))

@@ -153,3 +153,20 @@ def test_fid_and_kid_rise_with_noise_on_real_images(packaged, cache_dir):
                for s in (0.1, 0.4)]
     assert 0 < results[0]["fid"] < results[1]["fid"]
     assert self_fid["kid"] < results[0]["kid"] < results[1]["kid"] and results[0]["kid"] > 0
+
+
+def test_training_logs_rfid_when_switched_on(packaged, cache_dir, tmp_path, monkeypatch):
+    from vistok.training.config import load_config
+    from vistok.training.run import run_training
+
+    monkeypatch.setenv("VISTOK_CACHE", str(cache_dir))  # the packaged conversion is already there
+    cfg = load_config(None, [
+        "stage=tokenizer", "data.name=shapes", "data.resolution=16", "data.size=16", "model.name=conv2d",
+        "model.channels=8", "model.channel_mult=[1,2]", "model.num_res_blocks=1", "model.z_channels=8",
+        "model.mid_attention=false", "model.quantizer.name=vq", "model.quantizer.codebook_size=16",
+        "model.quantizer.code_dim=4", "train.steps=2", "train.batch_size=4", "train.image_every=0",
+        "train.ckpt_every=0", "eval.num_images=4", "eval.fid=true", "eval.inception=packaged", f"run_dir={tmp_path}"])
+    run_training(cfg, progress=False)
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    final = log[-1]["eval"]
+    assert log[-1]["step"] == 2 and final["rfid"] > 0 and "rkid" in final and "psnr" in final
