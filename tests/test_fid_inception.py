@@ -142,7 +142,7 @@ def test_fid_and_kid_rise_with_noise_on_real_images(packaged, cache_dir):
     from vistok.data.imagefolder import ImageFolderDataset
 
     data = ImageFolderDataset(IMAGENET_SAMPLE, resolution=32, validate=False)
-    idx = np.random.default_rng(0).choice(len(data), 24, replace=False)
+    idx = np.random.default_rng(0).choice(len(data), 16, replace=False)
     clean = torch.stack([data[int(i)]["image"] for i in idx])
     gen = torch.Generator().manual_seed(0)
     common = {"inception": packaged, "metrics": ("fid", "kid"), "cache_dir": cache_dir, "cache_samples": True,
