@@ -139,9 +139,10 @@ def extract_features(images: ImageSet, extractor: torch.nn.Module, *, batch_size
     """Features of every image through torch-fidelity's ``extract_featuresdict_from_input_id_cached``.
 
     With ``cache_root`` the features are cached in torch-fidelity's file cache under a content-addressed name
-    (:func:`vistok.metrics.stats_cache.cache_name`). Returns (features by layer, cache info).
+    (:func:`vistok.metrics.stats_cache.cache_name`). Batches go to the extractor's device (``device`` is kept for
+    call compatibility). Returns (features by layer, cache info).
     """
-    device = torch.device(device)
+    device = next(extractor.parameters()).device  # where InceptionChoice.create put it (CPU unless CUDA)
     name = cache_name(images, weights_sha256) if cache_root is not None else None
     hit = name is not None and cached_feature_file(cache_root, name, extractor.get_name()).is_file()
     feats = extract_featuresdict_from_input_id_cached(

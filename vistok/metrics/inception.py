@@ -104,8 +104,11 @@ class InceptionChoice:
         return d
 
     def create(self, features: list[str], device: torch.device | str = "cpu") -> FeatureExtractorInceptionV3:
-        """Instantiate through torch-fidelity's registry (``create_feature_extractor``)."""
+        """Instantiate through torch-fidelity's registry (``create_feature_extractor``). torch-fidelity moves batches
+        to CUDA or leaves them on the CPU, so any other device (mps) runs the extractor on the CPU."""
         device = torch.device(device)
+        if device.type not in ("cpu", "cuda"):
+            device = torch.device("cpu")
         fe = create_feature_extractor(self.extractor, list(features), cuda=device.type == "cuda",
                                       feature_extractor_weights_path=self.weights_path, verbose=False)
         return fe.to(device)
