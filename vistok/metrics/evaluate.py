@@ -4,6 +4,7 @@ original/reconstruction pairs and a per-image CSV. Used by ``eval/recon.py`` and
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,13 @@ from vistok.metrics.recon import psnr, ssim, to_unit_range
 def evaluate_reconstruction(tokenizer: Any, dataset: Dataset, *, num_images: int | None = None, batch_size: int = 64,
                             device: torch.device | str = "cpu", num_workers: int = 0, progress: bool = True,
                             pairs_path: str | Path | None = None, csv_path: str | Path | None = None,
-                            num_pairs: int = 16) -> dict[str, float]:
+                            num_pairs: int = 16,
+                            on_batch: Callable[[torch.Tensor, torch.Tensor], None] | None = None) -> dict[str, float]:
     """Reconstruct ``num_images`` (all by default) images and return mean PSNR (dB), SSIM and codebook stats.
 
     PSNR/SSIM are computed per image on uint8-quantized images (what a saved PNG holds) and averaged.
+    ``on_batch(originals, reconstructions)`` (both [-1, 1], on the device) sees every batch, in order: rFID uses it
+    to collect the images for Inception.
     """
     if num_images is not None and num_images < len(dataset):
         dataset = Subset(dataset, range(num_images))
@@ -39,6 +43,8 @@ def evaluate_reconstruction(tokenizer: Any, dataset: Dataset, *, num_images: int
         tokens = tokenizer.encode(images)
         recon = tokenizer.decode(tokens)
         usage.update(tokens)
+        if on_batch is not None:
+            on_batch(images, recon)
         x, y = to_unit_range(images), to_unit_range(recon)
         psnrs.append(psnr(x, y).cpu())
         ssims.append(ssim(x, y).cpu())

@@ -53,7 +53,7 @@ def run_training(cfg: DictConfig, *, resume: bool = False, overwrite: bool = Fal
         torch.manual_seed(cfg.train.seed)
         model = build("tokenizer", model_cfg)
         task = TokenizerTask(model, build_dataset(held_out_data_cfg(cfg)), cfg.eval.num_images,
-                             cfg.train.batch_size)
+                             cfg.train.batch_size, fid_inception=cfg.eval.inception if cfg.eval.fid else None)
     else:
         tokenizer = load_pretrained(cfg.tokenizer, kind="tokenizer")
         if data_cfg.get("resolution", tokenizer.resolution) != tokenizer.resolution:
@@ -66,7 +66,9 @@ def run_training(cfg: DictConfig, *, resume: bool = False, overwrite: bool = Fal
         torch.manual_seed(cfg.train.seed)
         model = build("generator", model_cfg, token_spec=tokenizer.token_spec.to_dict(),
                       num_classes=len(dataset.class_names), class_names=list(dataset.class_names))
-        task = GeneratorTask(model, tokenizer, cfg.sample, seed=cfg.train.seed)
+        task = GeneratorTask(model, tokenizer, cfg.sample, seed=cfg.train.seed,
+                             eval_dataset=build_dataset(held_out_data_cfg(cfg)) if cfg.eval.fid else None,
+                             eval_images=cfg.eval.num_images, fid_inception=cfg.eval.inception)
         dataset = tokens
     return train(task, dataset, cfg.train, run_dir, resume=resume, device=device, callbacks=callbacks,
                  eval_every=cfg.eval.every, progress=progress)
