@@ -155,7 +155,8 @@ class GroupLFQ(Quantizer):
                     losses["entropy"] = self.entropy_weight * (self.sample_entropy_weight * sample_h
                                                                - self.codebook_entropy_weight * codebook_h)
                     stats["sample_entropy"], stats["codebook_entropy"] = sample_h.detach(), codebook_h.detach()
-            quantized = z + (codes - z).detach()
+            # straight-through when a gradient is wanted; otherwise the exact ±1 codes
+            quantized = z + (codes - z).detach() if z.requires_grad else codes
         stats.update(_group_usage(indices.detach(), self.codebook_sizes[0]))
         return QuantizerOutput(quantized, indices, losses, stats)
 

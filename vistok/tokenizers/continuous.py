@@ -145,3 +145,39 @@ def post_training_quantize(ae: KLAutoencoder, latents: torch.Tensor, num_bins: i
     out.load_state_dict(ae.state_dict())
     out.quantizer.fit(latents.reshape(-1, ae.latent_dim))
     return out.eval()
+
+
+@torch.no_grad()
+def ptq_report(ae: KLAutoencoder, dataset: Dataset, bins: list[int], *, num_images: int | None = None,
+               batch_size: int = 64, save_bins: int | None = None, progress: bool = True,
+               **quantizer_options: Any) -> tuple[list[dict[str, float]], KLAutoencoder | None]:
+    """Fit the post-training quantizer to ``dataset``'s latents and compare reconstructions on the same images.
+
+    Returns one row per entry of ``bins`` (plus a ``bins = 0`` row for the continuous autoencoder) with PSNR/SSIM
+    (per image on uint8-quantized images, averaged, as ``evaluate_reconstruction``), bits/image and the PSNR gap to
+    the continuous autoencoder; and the PTQ tokenizer with ``save_bins`` bins (or None).
+    """
+    from vistok.metrics.recon import psnr, ssim, to_unit_range
+
+    if num_images is not None and num_images < len(dataset):
+        dataset = Subset(dataset, range(num_images))
+    ae = ae.cpu().eval()
+    images = torch.cat([b["image"] for b in DataLoader(dataset, batch_size=batch_size)])
+    latents = torch.cat([ae.encode_latents(x) for x in images.split(batch_size)])  # (M, N, D)
+    variants: dict[int, KLAutoencoder] = {b: post_training_quantize(ae, latents, b, **quantizer_options)
+                                          for b in sorted(set(bins) | ({save_bins} if save_bins else set()))}
+    rows: list[dict[str, float]] = []
+    for b in [0, *bins]:
+        ps, ss = [], []
+        for x in tqdm(images.split(batch_size), desc=f"B={b}" if b else "continuous", disable=not progress):
+            recon = ae.reconstruct_continuous(x) if b == 0 else variants[b].decode(variants[b].encode(x))
+            ps.append(psnr(to_unit_range(x), to_unit_range(recon)))
+            ss.append(ssim(to_unit_range(x), to_unit_range(recon)))
+        p, s = torch.cat(ps), torch.cat(ss)
+        # the continuous row counts its latent as float32 values
+        spec_bits = variants[b].token_spec.bits_per_image() if b else 32.0 * latents[0].numel()
+        rows.append({"bins": b, "psnr": float(p[torch.isfinite(p)].mean()), "ssim": float(s.mean()),
+                     "bits_per_image": spec_bits, "num_images": len(p)})
+    for r in rows:
+        r["psnr_gap"] = rows[0]["psnr"] - r["psnr"]
+    return rows, variants.get(save_bins) if save_bins else None
