@@ -17,6 +17,7 @@ statistics so that periodic evaluations already report a (provisional) quantized
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -169,8 +170,14 @@ def ptq_report(ae: KLAutoencoder, dataset: Dataset, bins: list[int], *, num_imag
     rows: list[dict[str, float]] = []
     for b in [0, *bins]:
         ps, ss = [], []
-        for x in tqdm(images.split(batch_size), desc=f"B={b}" if b else "continuous", disable=not progress):
-            recon = ae.reconstruct_continuous(x) if b == 0 else variants[b].decode(variants[b].encode(x))
+        batches = zip(images.split(batch_size), latents.split(batch_size))
+        for x, z in tqdm(batches, desc=f"B={b}" if b else "continuous", disable=not progress,
+                         total=math.ceil(len(images) / batch_size)):
+            # the latents are encoded once; variants[b].encode(x) == variants[b].quantizer(z).indices
+            if b == 0:
+                recon = ae.decode_latents(z).clamp(-1, 1)
+            else:
+                recon = variants[b].decode(variants[b].quantizer(z).indices)
             ps.append(psnr(to_unit_range(x), to_unit_range(recon)))
             ss.append(ssim(to_unit_range(x), to_unit_range(recon)))
         p, s = torch.cat(ps), torch.cat(ss)
