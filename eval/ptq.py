@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
                                               "rows": rows}, indent=2))
     print(f"{'bins':>6} {'bits/image':>11} {'PSNR':>7} {'SSIM':>7} {'PSNR gap':>9}")
     for r in rows:
-        print(f"{r['bins']:>6} {r['bits_per_image']:>11.0f} {r['psnr']:>7.2f} {r['ssim']:>7.4f} {r["psnr_gap"]:>9.3f}")
+        print(f"{r['bins']:>6} {r['bits_per_image']:>11.0f} {r['psnr']:>7.2f} {r['ssim']:>7.4f} {r['psnr_gap']:>9.3f}")
     print(f"wrote {out}/ptq.json" + (f" and the B={args.save_bins} tokenizer to {out}/tokenizer" if saved else ""))
     return 0
 
