@@ -1,6 +1,8 @@
 """Tokenizers: images ↔ tokens behind one interface (see ``base.py``)."""
 
 from vistok.tokenizers.base import Tokenizer, TokenizerOutput
+from vistok.tokenizers.continuous import KLAutoencoder  # noqa: F401
 from vistok.tokenizers.conv2d import ConvTokenizer
+from vistok.tokenizers.dual import DualCodebookTokenizer  # noqa: F401
 
 __all__ = ["ConvTokenizer", "Tokenizer", "TokenizerOutput"]
