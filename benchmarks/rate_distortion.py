@@ -230,6 +230,40 @@ def prefix_grid(models: dict[str, Any], images: torch.Tensor, path: Path, num: i
     save_grid(torch.cat(rows), path, nrow=num)
 
 
+def overfit_evidence(images: torch.Tensor, config: str, steps: int, out: Path) -> str:
+    """Train the config's model three times on the same few images (tail drop, nested dropout, none; same seed,
+    steps and batch) and report PSNR per prefix length on those images. Memorization regime (train = test): on a
+    CPU budget this is where a ViT tokenizer gets past "mean colour" and actually spreads information over its
+    tokens, so it isolates what the regularizer does to the *order* of information from generalization."""
+    from vistok.training.config import load_config
+
+    cfg = load_config(config)
+    base = {k: v for k, v in dict(cfg.model).items()}
+    base["resolution"] = images.shape[-1]
+    variants = {"tail drop": {"name": "tail_drop"}, "nested dropout (pow2)": {"name": "nested_dropout", "mode": "pow2"},
+                "no regularizer": {"name": "none"}}
+    curves = {}
+    for label, prefix in variants.items():
+        torch.manual_seed(0)
+        model = vistok.build("tokenizer", {**base, "prefix": prefix})
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99))
+        for _ in tqdm(range(steps), desc=f"overfit {label}", leave=False):
+            loss = sum(model(images).losses.values())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        curves[label] = tokenizer_curve(model.eval(), images, len(images))
+    ks = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+    ks = [k for k in ks if k <= len(next(iter(curves.values())))]
+    header = f"| model (memorizing {len(images)} images, {steps} steps) | "
+    lines = [header + " | ".join(f"k={k}" for k in ks) + " |",
+             "|---|" + "---:|" * len(ks)]
+    for label, rows in curves.items():
+        lines.append(f"| {label} | " + " | ".join(f"{rows[k - 1]['psnr']:.2f}" for k in ks) + " |")
+    (out / "overfit_evidence.json").write_text(json.dumps(curves, indent=1))
+    return "PSNR (dB) by prefix length k\n\n" + "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="../shared/data/imagenet-sample", help="ImageFolder-layout image folder")
@@ -241,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the machine may be shared)")
     parser.add_argument("--out", default="runs/rate_distortion")
     parser.add_argument("--make-split", metavar="DIR", help="write a train/held-out symlink split of --data and exit")
+    parser.add_argument("--overfit-config", help="also run the memorization-regime evidence with this tokenizer config")
+    parser.add_argument("--overfit-images", type=int, default=16)
+    parser.add_argument("--overfit-steps", type=int, default=300)
     args = parser.parse_args(argv)
     if args.make_split:
         if not Path(args.data).is_dir():
@@ -280,6 +317,10 @@ def main(argv: list[str] | None = None) -> int:
             adapt = adaptive(models, images, args.target_psnr, args.batch_size)
             (out / "adaptive.md").write_text(adapt + "\n")
             print(adapt)
+    if args.overfit_config:
+        evidence = overfit_evidence(images[:args.overfit_images], args.overfit_config, args.overfit_steps, out)
+        (out / "overfit_evidence.md").write_text(evidence + "\n")
+        print(evidence)
     print(f"wrote {out}/rate_distortion.{{md,json,png}}, prefixes.png, adaptive.md")
     return 0
 
