@@ -18,6 +18,10 @@ Example (the numbers in docs/tokenizers-1d.md):
         --model "FSQ + nested dropout=runs/vit1d_fsq_nested_imagenet64" \
         --model "VQ, no regularizer=runs/vit1d_vq_noreg_imagenet64" --out runs/rate_distortion
 
+``--overfit-config CONFIG`` additionally trains that tokenizer config three times (tail drop, nested dropout, none)
+on the first ``--overfit-images`` images for ``--overfit-steps`` steps and reports PSNR per prefix length on them
+(OUT/overfit_evidence.md): the regularizers' effect on the order of information, apart from generalization.
+
 ``--make-split DIR`` first writes a train/held-out split of ``--data`` as symlinks (every 6th class folder held out;
 nothing is copied) under DIR/train and DIR/heldout, so the tokenizers can be trained on one part and measured on
 the other, then exits.
