@@ -4,5 +4,7 @@ from vistok.tokenizers.base import Tokenizer, TokenizerOutput
 from vistok.tokenizers.continuous import KLAutoencoder  # noqa: F401
 from vistok.tokenizers.conv2d import ConvTokenizer
 from vistok.tokenizers.dual import DualCodebookTokenizer  # noqa: F401
+from vistok.tokenizers.prefix import NestedDropout, TailTokenDrop  # noqa: F401
+from vistok.tokenizers.vit1d import ViT1DTokenizer  # noqa: F401
 
 __all__ = ["ConvTokenizer", "Tokenizer", "TokenizerOutput"]

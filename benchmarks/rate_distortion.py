@@ -1,0 +1,333 @@
+"""Bytes vs quality: prefix lengths 1..K of trained 1D tokenizers against Pillow's JPEG and WebP.
+
+For every model given with ``--model label=run_dir`` (a trained ``vit1d`` tokenizer) and every prefix length k:
+bytes/image = k · bits per token / 8 (the token indices at their information content, no container), and mean PSNR
+and SSIM over the images. For JPEG and WebP, every image is encoded at a sweep of qualities with Pillow and the
+measured file size is the byte count (headers included: that is what a codec file costs). Writes
+
+    OUT/rate_distortion.md    the table (also printed) and where each model is above/below JPEG/WebP
+    OUT/rate_distortion.json  every number
+    OUT/rate_distortion.png   PSNR and SSIM vs bytes/image (log scale), one curve per method
+    OUT/prefixes.png          originals and each model's reconstructions from 1, 2, 4, … K tokens
+    OUT/adaptive.md           encode_adaptive: mean tokens/bytes an image needs for each --target-psnr
+
+Example (the numbers in docs/tokenizers-1d.md):
+
+    python benchmarks/rate_distortion.py --data runs/imagenet_split/heldout \
+        --model "VQ + tail drop=runs/vit1d_vq_taildrop_imagenet64" \
+        --model "FSQ + nested dropout=runs/vit1d_fsq_nested_imagenet64" \
+        --model "VQ, no regularizer=runs/vit1d_vq_noreg_imagenet64" --out runs/rate_distortion
+
+``--overfit-config CONFIG`` additionally trains that tokenizer config three times (tail drop, nested dropout, none)
+on the first ``--overfit-images`` images for ``--overfit-steps`` steps and reports PSNR per prefix length on them
+(OUT/overfit_evidence.md): the regularizers' effect on the order of information, apart from generalization.
+
+``--make-split DIR`` first writes a train/held-out split of ``--data`` as symlinks (every 6th class folder held out;
+nothing is copied) under DIR/train and DIR/heldout, so the tokenizers can be trained on one part and measured on
+the other, then exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Subset
+from tqdm.auto import tqdm
+
+import vistok
+from vistok.data import build_dataset, save_grid, tensor_to_uint8, uint8_to_tensor
+from vistok.metrics.recon import psnr, ssim, to_unit_range
+
+JPEG_QUALITIES = (1, 2, 3, 5, 8, 10, 15, 20, 30, 50, 75, 90)
+WEBP_QUALITIES = (0, 1, 2, 5, 10, 20, 30, 50, 75, 90)
+
+
+def make_split(src: Path, dst: Path, every: int = 6) -> dict[str, int]:
+    """Symlink class folders of ``src`` into ``dst/train`` and ``dst/heldout`` (every ``every``-th class held out)."""
+    counts = {"train": 0, "heldout": 0}
+    classes = sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for i, cls in enumerate(classes):
+        part = "heldout" if i % every == every - 1 else "train"
+        target = dst / part / cls.name
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(cls.resolve(), target, target_is_directory=True)
+        counts[part] += sum(1 for f in cls.iterdir() if f.is_file())
+    return counts
+
+
+def load_images(root: str, resolution: int, num_images: int | None) -> torch.Tensor:
+    dataset = build_dataset({"name": "imagefolder", "root": root, "resolution": resolution})
+    if num_images is not None and num_images < len(dataset):
+        dataset = Subset(dataset, range(num_images))
+    return torch.cat([b["image"] for b in DataLoader(dataset, batch_size=64)])
+
+
+def quality(reference: torch.Tensor, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image PSNR and SSIM on uint8-quantized images (as vistok.metrics computes them)."""
+    x, y = to_unit_range(reference), to_unit_range(images)
+    return psnr(x, y), ssim(x, y)
+
+
+@torch.no_grad()
+def tokenizer_curve(model: Any, images: torch.Tensor, batch_size: int) -> list[dict[str, float]]:
+    spec = model.token_spec
+    tokens = torch.cat([model.encode(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+    rows = []
+    for k in tqdm(range(1, spec.length + 1), desc="prefix lengths", leave=False):
+        rec = torch.cat([model.decode(tokens[i:i + batch_size, :k]) for i in range(0, len(images), batch_size)])
+        p, s = quality(images, rec)
+        rows.append({"k": k, "bytes": spec.bits_per_image(k) / 8, "psnr": float(p.mean()), "ssim": float(s.mean())})
+    return rows
+
+
+def codec_curve(images: torch.Tensor, fmt: str, qualities: tuple[int, ...]) -> list[dict[str, float]]:
+    pixels = tensor_to_uint8(images).numpy()
+    rows = []
+    for q in tqdm(qualities, desc=fmt, leave=False):
+        sizes, decoded = [], []
+        for arr in pixels:
+            buf = io.BytesIO()
+            opts = {"quality": q, "optimize": True} if fmt == "JPEG" else {"quality": q, "method": 6}
+            Image.fromarray(arr, mode="RGB").save(buf, format=fmt, **opts)
+            sizes.append(buf.tell())
+            buf.seek(0)
+            decoded.append(np.array(Image.open(buf).convert("RGB")))
+        p, s = quality(images, uint8_to_tensor(np.stack(decoded)))
+        rows.append({"quality": q, "bytes": float(np.mean(sizes)), "psnr": float(p.mean()), "ssim": float(s.mean())})
+    return rows
+
+
+def interpolate(curve: list[dict[str, float]], nbytes: float, key: str) -> float | None:
+    """``key`` of a codec at ``nbytes`` (linear in log-bytes between measured points, on the codec's upper
+    envelope); None outside the codec's measured range."""
+    pts = sorted((r["bytes"], r[key]) for r in curve)
+    envelope, best = [], -math.inf
+    for b, v in pts:  # a codec at a larger budget can always do at least as well as at a smaller one
+        best = max(best, v)
+        envelope.append((b, best))
+    if not envelope or nbytes < envelope[0][0] or nbytes > envelope[-1][0]:
+        return None
+    for (b0, v0), (b1, v1) in zip(envelope, envelope[1:]):
+        if b0 <= nbytes <= b1:
+            t = 0.0 if b1 == b0 else (math.log(nbytes) - math.log(b0)) / (math.log(b1) - math.log(b0))
+            return v0 + t * (v1 - v0)
+    return envelope[-1][1]
+
+
+def compare(label: str, rows: list[dict[str, float]], codecs: dict[str, list[dict[str, float]]]) -> list[str]:
+    """Sentences saying where the model is above/below each codec and at which budgets."""
+    lines = []
+    for codec, curve in codecs.items():
+        smallest = min(r["bytes"] for r in curve)
+        below_range = [r for r in rows if r["bytes"] < smallest]
+        inside = [(r, interpolate(curve, r["bytes"], "psnr")) for r in rows]
+        inside = [(r, v) for r, v in inside if v is not None]
+        parts = []
+        if below_range:
+            parts.append(f"{below_range[0]['bytes']:.0f}–{below_range[-1]['bytes']:.0f} B is below {codec}'s smallest "
+                         f"file ({smallest:.0f} B at its lowest quality), where {codec} has no point at all; "
+                         f"there {label} reaches {below_range[0]['psnr']:.1f}–{below_range[-1]['psnr']:.1f} dB")
+        if inside:
+            above = [r for r, v in inside if r["psnr"] > v]
+            below = [r for r, v in inside if r["psnr"] <= v]
+            for name, group in (("above", above), ("below", below)):
+                if group:
+                    parts.append(f"{name} {codec} in PSNR at {len(group)} of {len(inside)} budgets inside its range "
+                                 f"({group[0]['bytes']:.0f}–{group[-1]['bytes']:.0f} B)")
+        at_max = rows[-1]
+        equal = _bytes_for(curve, at_max["psnr"])
+        if equal is not None:
+            parts.append(f"{codec} needs ≈{equal:.0f} B for the {at_max['psnr']:.1f} dB that {label} reaches with "
+                         f"{at_max['bytes']:.0f} B (all {at_max['k']} tokens)")
+        elif at_max["psnr"] < min(r["psnr"] for r in curve):
+            parts.append(f"{codec}'s lowest quality ({min(r['psnr'] for r in curve):.1f} dB) is already above "
+                         f"{label}'s best ({at_max['psnr']:.1f} dB)")
+        lines.append(f"- {label} vs {codec}: " + "; ".join(parts) + ".")
+    return lines
+
+
+def _bytes_for(curve: list[dict[str, float]], target_psnr: float) -> float | None:
+    pts = sorted((r["bytes"], r["psnr"]) for r in curve)
+    for (b0, p0), (b1, p1) in zip(pts, pts[1:]):
+        if p0 <= target_psnr <= p1 and p1 > p0:
+            t = (target_psnr - p0) / (p1 - p0)
+            return math.exp(math.log(b0) + t * (math.log(b1) - math.log(b0)))
+    return None
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    for ax, key in zip(axes, ("psnr", "ssim")):
+        for label, rows in results["tokenizers"].items():
+            ax.plot([r["bytes"] for r in rows], [r[key] for r in rows], "o-", ms=3, label=f"vistok: {label}")
+        for codec, rows in results["codecs"].items():
+            ax.plot([r["bytes"] for r in rows], [r[key] for r in rows], "s--", ms=4, label=f"Pillow {codec}")
+        ax.set_xscale("log")
+        ax.set_xlabel("bytes per image (log scale)")
+        ax.set_ylabel("PSNR (dB)" if key == "psnr" else "SSIM")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{results['num_images']} images, {results['resolution']}×{results['resolution']} center crop "
+                 f"({results['data']})")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def table(results: dict[str, Any]) -> str:
+    out = ["| method | setting | bytes/image | PSNR (dB) | SSIM |", "|---|---|---:|---:|---:|"]
+    for label, rows in results["tokenizers"].items():
+        for r in rows:
+            out.append(f"| {label} | k={r['k']} | {r['bytes']:.1f} | {r['psnr']:.2f} | {r['ssim']:.4f} |")
+    for codec, rows in results["codecs"].items():
+        for r in rows:
+            out.append(f"| {codec} | q={r['quality']} | {r['bytes']:.0f} | {r['psnr']:.2f} | {r['ssim']:.4f} |")
+    return "\n".join(out)
+
+
+@torch.no_grad()
+def adaptive(models: dict[str, Any], images: torch.Tensor, targets: list[float], batch_size: int) -> str:
+    out = ["| model | target PSNR (dB) | mean tokens | mean bytes | images meeting it | tokens: min / median / max |",
+           "|---|---:|---:|---:|---:|---|"]
+    for label, model in models.items():
+        if not model.token_spec.prefix_ok:
+            continue
+        for target in targets:
+            ks, met = [], []
+            for i in range(0, len(images), batch_size):
+                res = model.encode_adaptive(images[i:i + batch_size], target_psnr=target)
+                ks.append(res.num_tokens)
+                met.append(res.met)
+            k, m = torch.cat(ks).float(), torch.cat(met)
+            bits = model.token_spec.bits_per_token
+            out.append(f"| {label} | {target:g} | {k.mean():.2f} | {k.mean() * bits / 8:.1f} | "
+                       f"{int(m.sum())}/{len(m)} | {int(k.min())} / {int(k.median())} / {int(k.max())} |")
+    return "\n".join(out)
+
+
+def prefix_grid(models: dict[str, Any], images: torch.Tensor, path: Path, num: int = 6) -> None:
+    """Rows: originals, then per model its reconstructions from k = 1, 2, 4, …, K tokens (columns = images)."""
+    x = images[:num]
+    rows = [x]
+    for model in models.values():
+        kk = 1
+        while kk <= model.token_spec.length:
+            rows.append(model.decode(model.encode(x, num_tokens=kk)))
+            kk = kk * 2 if kk * 2 <= model.token_spec.length or kk == model.token_spec.length \
+                else model.token_spec.length
+    save_grid(torch.cat(rows), path, nrow=num)
+
+
+def overfit_evidence(images: torch.Tensor, config: str, steps: int, out: Path) -> str:
+    """Train the config's model three times on the same few images (tail drop, nested dropout, none; same seed,
+    steps and batch) and report PSNR per prefix length on those images. Memorization regime (train = test): on a
+    CPU budget this is where a ViT tokenizer gets past "mean colour" and actually spreads information over its
+    tokens, so it isolates what the regularizer does to the *order* of information from generalization."""
+    from vistok.training.config import load_config
+
+    cfg = load_config(config)
+    base = {k: v for k, v in dict(cfg.model).items()}
+    base["resolution"] = images.shape[-1]
+    variants = {"tail drop": {"name": "tail_drop"}, "nested dropout (pow2)": {"name": "nested_dropout", "mode": "pow2"},
+                "no regularizer": {"name": "none"}}
+    curves = {}
+    for label, prefix in variants.items():
+        torch.manual_seed(0)
+        model = vistok.build("tokenizer", {**base, "prefix": prefix})
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99))
+        for _ in tqdm(range(steps), desc=f"overfit {label}", leave=False):
+            loss = sum(model(images).losses.values())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        curves[label] = tokenizer_curve(model.eval(), images, len(images))
+    ks = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+    ks = [k for k in ks if k <= len(next(iter(curves.values())))]
+    header = f"| model (memorizing {len(images)} images, {steps} steps) | "
+    lines = [header + " | ".join(f"k={k}" for k in ks) + " |",
+             "|---|" + "---:|" * len(ks)]
+    for label, rows in curves.items():
+        lines.append(f"| {label} | " + " | ".join(f"{rows[k - 1]['psnr']:.2f}" for k in ks) + " |")
+    (out / "overfit_evidence.json").write_text(json.dumps(curves, indent=1))
+    return "PSNR (dB) by prefix length k\n\n" + "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="../shared/data/imagenet-sample", help="ImageFolder-layout image folder")
+    parser.add_argument("--model", action="append", default=[], help="label=run_dir of a trained vit1d tokenizer")
+    parser.add_argument("--resolution", type=int, default=64)
+    parser.add_argument("--num-images", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--target-psnr", type=float, nargs="*", default=[15.0, 17.0, 19.0])
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the machine may be shared)")
+    parser.add_argument("--out", default="runs/rate_distortion")
+    parser.add_argument("--make-split", metavar="DIR", help="write a train/held-out symlink split of --data and exit")
+    parser.add_argument("--overfit-config", help="also run the memorization-regime evidence with this tokenizer config")
+    parser.add_argument("--overfit-images", type=int, default=16)
+    parser.add_argument("--overfit-steps", type=int, default=300)
+    args = parser.parse_args(argv)
+    if args.make_split:
+        if not Path(args.data).is_dir():
+            parser.error(f"--data {args.data} is not a folder")
+        print(make_split(Path(args.data), Path(args.make_split)))
+        return 0
+    torch.set_num_threads(args.threads)
+    models = {}
+    for spec in args.model:
+        if "=" not in spec:
+            parser.error(f"--model {spec!r}: expected label=run_dir")
+        label, run_dir = spec.split("=", 1)
+        models[label] = vistok.load(run_dir, kind="tokenizer").eval()
+        if models[label].resolution != args.resolution:
+            parser.error(f"--model {run_dir} takes {models[label].resolution}×{models[label].resolution} images; "
+                         f"pass --resolution {models[label].resolution}")
+    images = load_images(args.data, args.resolution, args.num_images)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {"data": args.data, "resolution": args.resolution, "num_images": len(images),
+                               "tokenizers": {}, "codecs": {}}
+    for label, model in models.items():
+        results["tokenizers"][label] = tokenizer_curve(model, images, args.batch_size)
+    results["codecs"]["JPEG"] = codec_curve(images, "JPEG", JPEG_QUALITIES)
+    results["codecs"]["WebP"] = codec_curve(images, "WEBP", WEBP_QUALITIES)
+    summary = [line for label, rows in results["tokenizers"].items()
+               for line in compare(label, rows, results["codecs"])]
+    results["summary"] = summary
+    (out / "rate_distortion.json").write_text(json.dumps(results, indent=1))
+    text = table(results) + "\n\n" + "\n".join(summary) + "\n"
+    (out / "rate_distortion.md").write_text(text)
+    print(text)
+    plot(results, out / "rate_distortion.png")
+    if models:
+        prefix_grid(models, images, out / "prefixes.png")
+        if args.target_psnr:
+            adapt = adaptive(models, images, args.target_psnr, args.batch_size)
+            (out / "adaptive.md").write_text(adapt + "\n")
+            print(adapt)
+    if args.overfit_config:
+        evidence = overfit_evidence(images[:args.overfit_images], args.overfit_config, args.overfit_steps, out)
+        (out / "overfit_evidence.md").write_text(evidence + "\n")
+        print(evidence)
+    print(f"wrote {out}/rate_distortion.{{md,json,png}}, prefixes.png, adaptive.md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,66 @@
+"""benchmarks/rate_distortion.py: byte accounting, codec measurements, interpolation and the above/below verdicts."""
+
+import importlib.util
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import vistok
+
+_PATH = Path(__file__).parent.parent / "benchmarks" / "rate_distortion.py"
+_spec = importlib.util.spec_from_file_location("rate_distortion", _PATH)
+rd = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(rd)
+
+
+def smooth_images(n=2, size=16):
+    g = torch.Generator().manual_seed(0)
+    return torch.nn.functional.interpolate(torch.rand(n, 3, 4, 4, generator=g) * 2 - 1, size=size, mode="bilinear")
+
+
+def test_tokenizer_curve_bytes_are_k_times_bits_over_8():
+    torch.manual_seed(0)
+    tok = vistok.build("tokenizer", {"name": "vit1d", "resolution": 16, "patch_size": 4, "num_tokens": 4,
+                                     "encoder_size": "micro", "decoder_size": "micro",
+                                     "quantizer": {"name": "fsq", "levels": [8, 5]}}).eval()
+    rows = rd.tokenizer_curve(tok, smooth_images(3), batch_size=2)
+    assert [r["k"] for r in rows] == [1, 2, 3, 4]
+    for r in rows:
+        assert r["bytes"] == pytest.approx(r["k"] * math.log2(40) / 8)
+    # the k = K row is exactly what encode → decode gives
+    x = smooth_images(3)
+    p, _ = rd.quality(x, tok.decode(tok.encode(x)))
+    assert rows[-1]["psnr"] == pytest.approx(float(p.mean()))
+
+
+def test_codec_curve_measures_file_sizes_and_quality_rises():
+    x = smooth_images(2, size=32)
+    rows = rd.codec_curve(x, "JPEG", (5, 95))
+    arr = rd.tensor_to_uint8(x).numpy()
+    sizes = []
+    for a in arr:
+        buf = io.BytesIO()
+        Image.fromarray(a).save(buf, format="JPEG", quality=5, optimize=True)
+        sizes.append(len(buf.getvalue()))
+    assert rows[0]["bytes"] == pytest.approx(np.mean(sizes))
+    assert rows[1]["bytes"] > rows[0]["bytes"] and rows[1]["psnr"] > rows[0]["psnr"]
+    webp = rd.codec_curve(x, "WEBP", (0, 90))
+    assert webp[1]["psnr"] > webp[0]["psnr"]
+
+
+def test_interpolation_in_log_bytes_and_verdicts():
+    codec = [{"bytes": 100.0, "psnr": 20.0}, {"bytes": 1000.0, "psnr": 30.0}]
+    assert rd.interpolate(codec, 100.0, "psnr") == pytest.approx(20.0)
+    assert rd.interpolate(codec, math.sqrt(100 * 1000), "psnr") == pytest.approx(25.0)  # midpoint in log-bytes
+    assert rd.interpolate(codec, 50.0, "psnr") is None and rd.interpolate(codec, 2000.0, "psnr") is None
+    assert rd._bytes_for(codec, 25.0) == pytest.approx(math.sqrt(100 * 1000))
+    model = [{"k": 1, "bytes": 10.0, "psnr": 15.0}, {"k": 2, "bytes": 200.0, "psnr": 28.0},
+             {"k": 3, "bytes": 900.0, "psnr": 26.0}]
+    text = " ".join(rd.compare("m", model, {"JPEG": codec}))
+    assert "10–10 B is below JPEG's smallest file" in text
+    assert "above JPEG in PSNR at 1 of 2 budgets" in text and "below JPEG in PSNR at 1 of 2 budgets" in text
