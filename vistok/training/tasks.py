@@ -45,15 +45,17 @@ class TokenizerTask:
 class GeneratorTask:
     """Stage 2: cached tokens + labels → next-token loss; sample grids decoded by the frozen tokenizer."""
 
-    def __init__(self, model: Any, tokenizer: Any, sample_cfg: Any, seed: int = 0) -> None:
+    def __init__(self, model: Any, tokenizer: Any, sample_cfg: Any, seed: int = 0,
+                 sample_prompts: list[str] | None = None) -> None:
         self.model, self.tokenizer = model, tokenizer.eval().requires_grad_(False)
         self.sample_cfg, self.seed = sample_cfg, seed
         num_classes = model.num_classes
         n = int(sample_cfg.num_images)
-        self.sample_labels = torch.arange(n) % num_classes
+        self.text = bool(getattr(model, "conditions_on_text", False))  # prompts (captions) instead of labels
+        self.sample_labels = list(sample_prompts or [])[:n] if self.text else torch.arange(n) % num_classes
 
     def training_step(self, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        out = self.model(batch["tokens"], batch["label"])
+        out = self.model(batch["tokens"], batch["caption"] if self.text else batch["label"])
         return out.loss, {**_scalars(out.losses, "loss/"), **_scalars(out.stats)}
 
     def save_images(self, step: int, path: Path) -> None:
@@ -62,7 +64,8 @@ class GeneratorTask:
         device = next(self.model.parameters()).device
         self.tokenizer.to(device)
         s = self.sample_cfg
-        tokens = self.model.generate(self.sample_labels.to(device), cfg_scale=s.cfg_scale, temperature=s.temperature,
+        labels = self.sample_labels if self.text else self.sample_labels.to(device)
+        tokens = self.model.generate(labels, cfg_scale=s.cfg_scale, temperature=s.temperature,
                                      top_k=s.top_k, top_p=s.top_p,
                                      generator=torch.Generator(device).manual_seed(self.seed))
         save_grid(self.tokenizer.decode(tokens).cpu(), path)
