@@ -90,7 +90,7 @@ def test_training_loss_equals_the_likelihood_of_the_decoding_distributions(kind)
                                rtol=0)
 
 
-# ---- KV cache, CFG, sampling -------------------------------------------------------------------------------------------
+# ---- KV cache, CFG, sampling ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", list(GRID))
 @pytest.mark.parametrize("layout", ["grid", "seq"])
 def test_kv_cache_matches_full_recompute_for_every_kind(kind, layout):
@@ -148,7 +148,7 @@ def test_variable_length_1d_generates_exactly_the_requested_tokens(kind):
     assert torch.isfinite(model.train()(tokens[:, :4], LABELS).loss)  # prefixes train too
 
 
-# ---- kind-specific pieces ---------------------------------------------------------------------------------------------
+# ---- kind-specific pieces -------------------------------------------------------------------------------------
 def test_bits_embedding_is_linear_in_the_pm1_bit_vector():
     head = build_head(TokenSpec.bits(4, length=1), 8)
     bits = torch.tensor([[[1, 0, 1, 1]]])
