@@ -213,19 +213,18 @@ class XAR(GPT):
         if use_cache:
             cache = self.new_cache(rows, P + self.spec.length)
             self.backbone(prefix, 0, cache, coords=self.coords[:P])
-        filled = P  # positions of the cache holding prefix + content so far
         contents: list[torch.Tensor] = []  # content embeddings of the entities generated so far
         out: list[torch.Tensor] = []
         for m in range(M):
             seg = self._segments(m, [m], P)
             queries = self._queries(self.entities[m].to(prefix.device), rows).to(prefix.dtype)
             if use_cache:
+                # [content of the previous entity, queries of this one]; the queries' cache slots are overwritten
+                # by the next chunk, so the cache only keeps prefix + content
                 chunk = torch.cat(contents[-1:] + [queries], dim=1)
-                T = chunk.shape[1]
-                start = len(seg["kind"]) - T
+                start = len(seg["kind"]) - chunk.shape[1]
                 hidden = self.backbone(chunk, start, cache, coords=seg["coords"][start:],
                                        mask=self._mask(seg, slice(start, None)))
-                filled = start + (chunk.shape[1] - queries.shape[1])
             else:
                 x = torch.cat([prefix, *contents, queries], dim=1)
                 hidden = self.backbone(x, coords=seg["coords"], mask=self._mask(seg))
@@ -236,7 +235,6 @@ class XAR(GPT):
                 ctx = ent_tokens if self.entity_head == "discrete" else self.token_codes(ent_tokens)
                 c = self._content(ctx).to(prefix.dtype)
                 contents.append(torch.cat([c, c]) if guided else c)
-        del filled
         ordered = torch.cat(out, dim=1)  # (B, L[, C]) in generation order
         result = torch.empty_like(ordered)
         result[:, self.order] = ordered
