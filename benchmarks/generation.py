@@ -113,11 +113,21 @@ def quality(args) -> None:
 
     runs = dict(r.split("=", 1) for r in args.runs)
     first = next(iter(runs.values()))
-    tokenizer = load_pretrained(args.tokenizer or Path(first).parent.parent.parent / "tokenizer"
-                                if "checkpoints" in first else Path(first) / "tokenizer", kind="tokenizer").eval()
+    tokenizer = load_pretrained(args.tokenizer or Path(first) / "tokenizer", kind="tokenizer").eval()
     res = tokenizer.resolution
-    judge, judge_held = train_judge(resolution=res, steps=args.judge_steps, train_size=args.judge_train,
-                                    held_out_size=500, progress=False)
+    if args.judge_cache and Path(args.judge_cache).is_file():  # a judge trained by an earlier run of this script
+        from vistok.data.judge import ShapesJudge
+
+        saved = torch.load(args.judge_cache)
+        judge = ShapesJudge()
+        judge.load_state_dict(saved["state"])
+        judge.eval()
+        judge_held = saved["held_out"]
+    else:
+        judge, judge_held = train_judge(resolution=res, steps=args.judge_steps, train_size=args.judge_train,
+                                        held_out_size=500, progress=False)
+        if args.judge_cache:
+            torch.save({"state": judge.state_dict(), "held_out": judge_held}, args.judge_cache)
     held = ShapesDataset(resolution=res, size=args.num_prompts, seed=4242)
     prompts = [held[i] for i in range(len(held))]
     real = ShapesDataset(resolution=res, size=args.fid_real, seed=0)
@@ -180,6 +190,7 @@ def main() -> None:
     p.add_argument("--fid-weights", default=None, help="Inception weights file for torch-fidelity (offline)")
     p.add_argument("--judge-steps", type=int, default=300)
     p.add_argument("--judge-train", type=int, default=4000)
+    p.add_argument("--judge-cache", default=None, help="file to save the trained judge to / load it from")
     p.add_argument("--grid-dir", default=None)
     args = p.parse_args()
     if not args.skip_speed:
