@@ -61,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sample.py: error: {e}", file=sys.stderr)
         return 2
     for entry in manifest["prompts"]:
-        print(f"{entry['prompt']!r} → class {entry['class_index']} ({entry['class_name']}): {entry['grid']}")
+        target = "text prompt" if entry["class_index"] is None else \
+            f"class {entry['class_index']} ({entry['class_name']})"
+        print(f"{entry['prompt']!r} → {target}: {entry['grid']}")
     print(f"wrote {args.out}/manifest.json")
     return 0
 

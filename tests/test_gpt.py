@@ -237,8 +237,13 @@ def test_rope_coords_follow_the_layout():
 
 
 # ---- heads ---------------------------------------------------------------------------------------------------------
-def test_kind_without_a_head_is_a_clear_error():
+def test_every_kind_has_a_head_and_a_missing_one_is_a_clear_error(monkeypatch):
+    from vistok import registry
+    from vistok.spec import KINDS
+
+    assert set(KINDS) <= set(registry.list_names("head"))
     bits = TokenSpec.bits(8, grid=(4, 4))
+    monkeypatch.delitem(registry._REGISTRY["head"], "bits")
     with pytest.raises(ConfigError, match="no generator head for TokenSpec kind 'bits'"):
         build_head(bits, 64)
     with pytest.raises(ConfigError, match="'bits'"):

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from vistok.data.token_cache import file_sha256
-from vistok.generators.prompts import resolve_prompt
+from vistok.generators.prompts import PromptError, resolve_prompt
 from vistok.hub import WEIGHTS_NAME, load_pretrained
 
 
@@ -42,15 +42,16 @@ def load_generator_run(run_dir: str | Path, device: str | torch.device = "cpu") 
 
 
 @torch.no_grad()
-def sample_images(generator: Any, tokenizer: Any, label: int, settings: SamplingSettings,
+def sample_images(generator: Any, tokenizer: Any, label: int | str, settings: SamplingSettings,
                   rng: torch.Generator) -> torch.Tensor:
-    """``settings.num_per_prompt`` images (B, 3, H, W) in [-1, 1] for one class label."""
+    """``settings.num_per_prompt`` images (B, 3, H, W) in [-1, 1] for one class label (or one prompt for a
+    text-conditional generator)."""
     device = next(generator.parameters()).device
     out = []
     remaining = settings.num_per_prompt
     while remaining > 0:
         n = min(remaining, settings.batch_size)
-        labels = torch.full((n,), label, dtype=torch.long, device=device)
+        labels = [label] * n if isinstance(label, str) else torch.full((n,), label, dtype=torch.long, device=device)
         tokens = generator.generate(labels, num_tokens=settings.num_tokens, cfg_scale=settings.cfg_scale,
                                     cfg_schedule=settings.cfg_schedule, temperature=settings.temperature,
                                     top_k=settings.top_k, top_p=settings.top_p, generator=rng)
@@ -73,7 +74,10 @@ def sample_prompts(run_dir: str | Path, prompts: list[str], out_dir: str | Path,
     generator, tokenizer = load_generator_run(run_dir, device)
     names = list(generator.class_names or [str(i) for i in range(generator.num_classes)])
     class_ids = getattr(generator, "class_ids", None)
-    labels = [resolve_prompt(p, names, class_ids) for p in prompts]
+    text = bool(getattr(generator, "conditions_on_text", False))  # prompts go to the text encoder as they are
+    if text and any(not p.strip() for p in prompts):
+        raise PromptError("empty prompt; give a description such as 'a red circle on a blue background'")
+    labels = list(prompts) if text else [resolve_prompt(p, names, class_ids) for p in prompts]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest: dict[str, Any] = {
@@ -93,7 +97,8 @@ def sample_prompts(run_dir: str | Path, prompts: list[str], out_dir: str | Path,
             files.append(str(path.relative_to(out_dir)))
         grid = out_dir / f"{stem}_grid.png"
         save_grid(images, grid)
-        manifest["prompts"].append({"prompt": prompt, "class_index": label, "class_name": names[label],
+        manifest["prompts"].append({"prompt": prompt, "class_index": None if text else label,
+                                    "class_name": None if text else names[label],
                                     "files": files, "grid": grid.name, "seed": settings.seed * 1_000_003 + p})
         all_images[p] = images
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))

@@ -4,7 +4,7 @@ Importing this package registers the ``gpt`` generator, the token heads (``head`
 sizes: ``vistok.generators.gpt.gpt("gpt_b", token_spec=..., num_classes=...)`` (``GPT_SIZES``).
 """
 
-from vistok.generators import conditioning, gpt, heads  # noqa: F401  (run the @register decorators)
+from vistok.generators import conditioning, gpt, heads, text, xar  # noqa: F401  (run the @register decorators)
 from vistok.generators.conditioning import ClassConditioning, Conditioning
 from vistok.generators.gpt import GPT, GPT_SIZES, GeneratorOutput, rope_coords
 from vistok.generators.heads import TokenHead, VocabHead, build_head

@@ -15,6 +15,12 @@ p at the diagonal point (p, p); a seq layout uses 1D RoPE with token i at P + i 
 prefix (0, 0) sits one step before the first row and column of the image on both axes and no image token shares
 its coordinates (LlamaGen instead gives the class token an all-zero rotation table; we keep a proper rotation).
 
+Token-shuffle (``window`` s > 1, ``shuffle.py``): the sequence holds one fused token per s×s window instead of one
+per token, and each hidden state is split into the s² predictions of the next window; the RoPE grid is then the
+window grid (h/s, w/s). s = 1 is plain next-token prediction.
+
+Conditions are class labels (B,) or, for a text conditioning, a list of B prompts (``conditioning.py``).
+
 Generation (``generate``) uses a static KV cache (gpt-fast style, ``kv_cache.py``): ``new_cache`` → ``prefill``
 (prefix) → ``decode_step`` per token; classifier-free guidance runs the conditional and the unconditional (null
 condition) rows as one doubled batch and lets the head combine them.
@@ -34,8 +40,9 @@ from vistok.generators.conditioning import Conditioning
 from vistok.generators.heads.base import TokenHead, build_head
 from vistok.generators.kv_cache import KVCache
 from vistok.generators.sampling import cfg_scale_at
+from vistok.generators.shuffle import TokenShuffle, check_window, from_windows, to_windows
 from vistok.hub import PretrainedModel
-from vistok.layers import CausalSelfAttention, RMSNorm, RoPE, SwiGLU
+from vistok.layers import RMSNorm, RoPE, TransformerBlock
 from vistok.registry import build, lookup, register
 from vistok.spec import TokenSpec
 
@@ -59,11 +66,12 @@ class GeneratorOutput:
     stats: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-def rope_coords(spec: TokenSpec, num_prefix: int) -> torch.Tensor:
-    """Integer RoPE coordinates (P + L, n_axes) of the sequence [prefix, tokens]; see the module docstring."""
-    P, L = num_prefix, spec.length
+def rope_coords(spec: TokenSpec, num_prefix: int, window: int = 1) -> torch.Tensor:
+    """Integer RoPE coordinates (P + L/s², n_axes) of the sequence [prefix, tokens (or s×s windows)]; see the
+    module docstring."""
+    P, L = num_prefix, spec.length // (window * window)
     if spec.layout == "grid":
-        h, w = spec.grid
+        h, w = spec.grid[0] // window, spec.grid[1] // window
         rows = torch.arange(h).repeat_interleave(w)  # (L,) raster order: row-major
         cols = torch.arange(w).repeat(h)  # (L,)
         tokens = torch.stack([rows, cols], dim=1) + P  # (L, 2)
@@ -74,21 +82,7 @@ def rope_coords(spec: TokenSpec, num_prefix: int) -> torch.Tensor:
     return torch.cat([prefix, tokens]).long()
 
 
-class Block(nn.Module):
-    """Llama pre-norm transformer block."""
-
-    def __init__(self, dim: int, heads: int, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.attention_norm = RMSNorm(dim)
-        self.attention = CausalSelfAttention(dim, heads, dropout)
-        self.ffn_norm = RMSNorm(dim)
-        self.feed_forward = SwiGLU(dim)
-        self.drop = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None,
-                start: int = 0) -> torch.Tensor:
-        x = x + self.drop(self.attention(self.attention_norm(x), cos, sin, cache, start))
-        return x + self.drop(self.feed_forward(self.ffn_norm(x)))
+Block = TransformerBlock  # the Llama pre-norm block (vistok.layers.block)
 
 
 @register("generator", "gpt")
@@ -100,11 +94,13 @@ class GPT(PretrainedModel):
     dropout: on input embeddings, attention weights and residual branches.
     conditioning: a registered conditioning name, or a config section ``{"name": ..., **options}``; ``dim`` and
         ``num_classes`` are passed to it when its constructor takes them.
+    head: options of the TokenSpec kind's head (e.g. ``{"factorized_layers": 2}`` for ``subvocab``).
+    window: token-shuffle window s (1 = next-token; 2 or 4 merge s×s tokens per step).
     """
 
     def __init__(self, token_spec: dict, num_classes: int, dim: int = 256, depth: int = 6, heads: int = 8,
                  class_dropout: float = 0.1, dropout: float = 0.0, class_names: list[str] | None = None,
-                 conditioning: str | dict = "class") -> None:
+                 conditioning: str | dict = "class", head: dict | None = None, window: int = 1) -> None:
         super().__init__()
         self.spec = TokenSpec.from_dict(token_spec)
         if class_names is not None and len(class_names) != num_classes:
@@ -114,13 +110,16 @@ class GPT(PretrainedModel):
         self.class_dropout = class_dropout
 
         self.cond: Conditioning = _build_conditioning(conditioning, dim=dim, num_classes=num_classes)
-        self.head: TokenHead = build_head(self.spec, dim)
+        self.head: TokenHead = build_head(self.spec, dim, **(head or {}))
+        check_window(self.spec.grid, window)
+        self.window = int(window)
+        self.shuffle = TokenShuffle(dim, self.window) if self.window > 1 else None
         self.drop = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(Block(dim, heads, dropout) for _ in range(depth))
         self.norm = RMSNorm(dim)
         self.rope = RoPE(dim // heads, n_axes=2 if self.spec.layout == "grid" else 1)
         # (P + L, n_axes) integer coordinates; an int buffer, so .to(dtype) leaves it alone; not saved.
-        self.register_buffer("coords", rope_coords(self.spec, self.cond.num_prefix), persistent=False)
+        self.register_buffer("coords", rope_coords(self.spec, self.cond.num_prefix, self.window), persistent=False)
 
         self.apply(_init_weights)
         self.head.init_weights()
@@ -133,34 +132,77 @@ class GPT(PretrainedModel):
     def num_prefix(self) -> int:
         return self.cond.num_prefix
 
+    @property
+    def conditions_on_text(self) -> bool:
+        """True when conditions are prompts (a list of strings) rather than class labels."""
+        return bool(getattr(self.cond, "takes_text", False))
+
+    # ---- token-shuffle layout: units of s² tokens (s = 1: one token per unit) --------------------------------
+    def to_units(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, n, *rest) tokens in raster order -> (B, n/s², s², *rest) in generation order."""
+        if self.window == 1:
+            return tokens[:, :, None]
+        return to_windows(tokens, self.spec.grid, self.window)
+
+    def from_units(self, units: torch.Tensor) -> torch.Tensor:
+        """(B, U, s², *rest) -> (B, U·s², *rest) in raster order; the inverse of ``to_units``."""
+        if self.window == 1:
+            return units.flatten(1, 2)
+        return from_windows(units, self.spec.grid, self.window)
+
+    def embed_units(self, units: torch.Tensor) -> torch.Tensor:
+        """(B, U, s²[, C]) tokens -> (B, U, dim) backbone inputs (the head's embedding, fused when s > 1)."""
+        if self.window == 1:
+            return self.head.embed(units[:, :, 0])
+        B, U = units.shape[:2]
+        emb = self.head.embed(units.flatten(1, 2)).view(B, U, self.window ** 2, self.dim)
+        return self.shuffle.shuffle(emb)
+
+    def unit_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(..., dim) backbone output per unit -> (..., s², dim) one hidden state per token it predicts."""
+        return hidden[..., None, :] if self.window == 1 else self.shuffle.unshuffle(hidden)
+
     # ---- backbone -----------------------------------------------------------------------------------------------
-    def backbone(self, x: torch.Tensor, start: int = 0, cache: list[KVCache] | None = None) -> torch.Tensor:
+    def backbone(self, x: torch.Tensor, start: int = 0, cache: list[KVCache] | None = None,
+                 coords: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Input embeddings x (B, T, dim) at sequence positions start..start+T-1 -> final-normed hidden (B, T, dim).
-        Without a cache, causal attention over x alone (start must then be 0); with one, over the cache too."""
+        Without a cache, causal attention over x alone (start must then be 0); with one, over the cache too.
+        ``coords`` (T, n_axes) and a bool ``mask`` (T, start+T) override the causal layout (next-X models)."""
         T = x.shape[1]
-        if start + T > self.coords.shape[0]:
-            raise ValueError(f"positions {start}..{start + T - 1} exceed the sequence length {self.coords.shape[0]}")
+        if coords is None:
+            if start + T > self.coords.shape[0]:
+                raise ValueError(f"positions {start}..{start + T - 1} exceed the sequence length "
+                                 f"{self.coords.shape[0]}")
+            coords = self.coords[start:start + T]
         if cache is None and start != 0:
             raise ValueError("without a KV cache the input must start at position 0")
-        cos, sin = self.rope(self.coords[start:start + T], x.dtype)  # each (T, head_dim/2), float32 or float64
+        cos, sin = self.rope(coords, x.dtype)  # each (T, head_dim/2), float32 or float64
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
-            x = block(x, cos, sin, None if cache is None else cache[i], start)
+            x = block(x, cos, sin, None if cache is None else cache[i], start, mask)
         return self.norm(x)
 
     # ---- training -----------------------------------------------------------------------------------------------
-    def forward(self, tokens: torch.Tensor, labels: torch.Tensor) -> GeneratorOutput:
-        """Next-token loss of tokens (B, n[, C]) given conditions ``labels`` (B,); n == L, or 1..L for prefix_ok
-        specs. In training mode each condition is replaced by the null one with probability ``class_dropout``."""
-        self.spec.validate(tokens)
-        tokens = tokens.long()
+    def condition_prefix(self, labels: torch.Tensor | list[str], batch: int, device: torch.device) -> torch.Tensor:
+        """The (B, P, dim) prefix, with each condition dropped (null) with probability ``class_dropout`` in
+        training mode."""
         drop = None
         if self.training and self.class_dropout > 0:
-            drop = torch.rand(tokens.shape[0], device=tokens.device) < self.class_dropout  # (B,) bool
-        prefix = self.cond(labels, drop)  # (B, P, dim)
-        x = torch.cat([prefix, self.head.embed(tokens[:, :-1])], dim=1)  # (B, P + n - 1, dim)
-        hidden = self.backbone(x)[:, prefix.shape[1] - 1:]  # (B, n, dim): position P-1+i predicts token i
-        loss, stats = self.head.loss(hidden, tokens)
+            drop = torch.rand(batch, device=device) < self.class_dropout  # (B,) bool
+        return self.cond(labels, drop)
+
+    def forward(self, tokens: torch.Tensor, labels: torch.Tensor | list[str]) -> GeneratorOutput:
+        """Next-token (next-window) loss of tokens (B, n[, C]) given conditions ``labels`` (B,) (or B prompts);
+        n == L, or 1..L for prefix_ok specs. In training mode each condition is replaced by the null one with
+        probability ``class_dropout``."""
+        self.spec.validate(tokens)
+        tokens = tokens.long()
+        prefix = self.condition_prefix(labels, tokens.shape[0], tokens.device)  # (B, P, dim)
+        units = self.to_units(tokens)  # (B, U, s²[, C])
+        x = torch.cat([prefix, self.embed_units(units[:, :-1])], dim=1)  # (B, P + U - 1, dim)
+        hidden = self.backbone(x)[:, prefix.shape[1] - 1:]  # (B, U, dim): position P-1+i predicts unit i
+        hidden = self.unit_hidden(hidden).flatten(1, 2)  # (B, U·s², dim), in unit order like the targets
+        loss, stats = self.head.loss(hidden, units.flatten(1, 2))
         return GeneratorOutput(loss=loss, losses={self.head.loss_name: loss}, stats=stats)
 
     # ---- generation -----------------------------------------------------------------------------------------------
@@ -183,11 +225,11 @@ class GPT(PretrainedModel):
         return self.backbone(token_embedding, position, cache)[:, -1]
 
     @torch.no_grad()
-    def generate(self, labels: torch.Tensor, num_tokens: int | None = None, cfg_scale: float = 1.0,
+    def generate(self, labels: torch.Tensor | list[str], num_tokens: int | None = None, cfg_scale: float = 1.0,
                  cfg_schedule: str = "constant", temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                  generator: torch.Generator | None = None, use_cache: bool = True,
                  guidance: bool | None = None) -> torch.Tensor:
-        """Sample tokens (B, n[, C]) for conditions ``labels`` (B,).
+        """Sample tokens (B, n[, C]) for conditions ``labels`` (B,) (or B prompts for a text conditioning).
 
         num_tokens: n, default the spec's length; shorter only for ``prefix_ok`` specs.
         cfg_scale, cfg_schedule: classifier-free guidance (``sampling.cfg_scale_at``), by batch doubling.
@@ -197,34 +239,44 @@ class GPT(PretrainedModel):
         guidance: run the unconditional branch; None (default) does so iff ``cfg_scale != 1``.
         """
         def choose(i: int, h_cond: torch.Tensor, h_uncond: torch.Tensor | None, scale: float) -> torch.Tensor:
-            return self.head.sample(h_cond, h_uncond, scale, temperature, top_k, top_p, generator)
+            # h (B, s², dim): the s² tokens of a unit are sampled together (one head call on B·s² rows)
+            B, n = h_cond.shape[:2]
+            flat_u = None if h_uncond is None else h_uncond.flatten(0, 1)
+            tok = self.head.sample(h_cond.flatten(0, 1), flat_u, scale, temperature, top_k, top_p, generator)
+            return tok.view(B, n, *tok.shape[1:])
 
         return self._decode(labels, num_tokens, cfg_scale, cfg_schedule, use_cache, guidance, choose)
 
     @torch.no_grad()
-    def step_logits(self, labels: torch.Tensor, tokens: torch.Tensor, cfg_scale: float = 1.0,
+    def step_logits(self, labels: torch.Tensor | list[str], tokens: torch.Tensor, cfg_scale: float = 1.0,
                     cfg_schedule: str = "constant", use_cache: bool = True,
                     guidance: bool | None = None) -> torch.Tensor:
         """The (guided) logits (B, n, ...) that ``generate`` samples each token from, with the given tokens
-        (B, n[, C]) forced instead of sampled: runs the exact decoding loop of ``generate``, so the cached and
-        the full-recompute paths can be compared step by step."""
+        (B, n[, C]) forced instead of sampled (``TokenHead.forced_logits``: (B, n, V) for ``vocab``, (B, n, C,
+        V_max) otherwise): runs the exact decoding loop of ``generate``, so the cached and the full-recompute
+        paths can be compared step by step."""
         trace: list[torch.Tensor] = []
+        units = self.to_units(tokens.long())  # (B, U, s²[, C])
 
         def choose(i: int, h_cond: torch.Tensor, h_uncond: torch.Tensor | None, scale: float) -> torch.Tensor:
-            trace.append(self.head.guided_logits(h_cond, h_uncond, scale))
-            return tokens[:, i].long()
+            B, n = h_cond.shape[:2]
+            flat_u = None if h_uncond is None else h_uncond.flatten(0, 1)
+            logits = self.head.forced_logits(h_cond.flatten(0, 1), flat_u, scale, units[:, i].flatten(0, 1))
+            trace.append(logits.view(B, n, *logits.shape[1:]))
+            return units[:, i]
 
         self._decode(labels, tokens.shape[1], cfg_scale, cfg_schedule, use_cache, guidance, choose)
-        return torch.stack(trace, dim=1)
+        return self.from_units(torch.stack(trace, dim=1))
 
     def _decode(self, labels: torch.Tensor, num_tokens: int | None, cfg_scale: float, cfg_schedule: str,
                 use_cache: bool, guidance: bool | None,
                 choose: Callable[[int, torch.Tensor, torch.Tensor | None, float], torch.Tensor]) -> torch.Tensor:
-        """The one decoding loop behind ``generate`` and ``step_logits``; ``choose(i, h_cond, h_uncond, scale)``
-        returns token i (B,) or (B, C) from the hidden states that predict it."""
-        n = self._check_num_tokens(num_tokens)
+        """The one decoding loop behind ``generate`` and ``step_logits``: one step per unit (a token, or an s×s
+        window); ``choose(i, h_cond, h_uncond, scale)`` returns unit i's tokens (B, s²[, C]) from the hidden
+        states (B, s², dim) that predict them."""
+        n = self._check_num_tokens(num_tokens) // (self.window ** 2)  # decoding steps
         cfg_scale_at(0, n, cfg_scale, cfg_schedule)  # fail early on an unknown schedule
-        B = labels.shape[0]
+        B = len(labels)
         guided = cfg_scale != 1.0 if guidance is None else guidance
         prefix = self.cond(labels)  # (B, P, dim)
         if guided:  # rows 0..B-1 conditional, B..2B-1 unconditional
@@ -238,11 +290,13 @@ class GPT(PretrainedModel):
             hidden = self.backbone(seq)[:, -1]
         out = []
         for i in range(n):
-            token = choose(i, hidden[:B], hidden[B:] if guided else None, cfg_scale_at(i, n, cfg_scale, cfg_schedule))
-            out.append(token)
+            per_token = self.unit_hidden(hidden)  # (B or 2B, s², dim)
+            unit = choose(i, per_token[:B], per_token[B:] if guided else None,
+                          cfg_scale_at(i, n, cfg_scale, cfg_schedule))
+            out.append(unit)
             if i == n - 1:
                 break
-            x = self.head.embed(token[:, None])  # (B, 1) or (B, 1, C) -> (B, 1, dim)
+            x = self.embed_units(unit[:, None])  # (B, 1, s²[, C]) -> (B, 1, dim)
             if guided:
                 x = torch.cat([x, x])  # both branches continue with the same token: (2B, 1, dim)
             if use_cache:
@@ -250,7 +304,7 @@ class GPT(PretrainedModel):
             else:
                 seq = torch.cat([seq, x], dim=1)  # (B or 2B, P + i + 1, dim)
                 hidden = self.backbone(seq)[:, -1]
-        return torch.stack(out, dim=1)  # (B, n) or (B, n, C)
+        return self.from_units(torch.stack(out, dim=1))  # (B, n) or (B, n, C), raster order
 
     def _check_num_tokens(self, num_tokens: int | None) -> int:
         L = self.spec.length

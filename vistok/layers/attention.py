@@ -6,6 +6,9 @@ Three regimes, chosen by the arguments and nothing else:
 - prefill: a cache and ``start`` (0 for the first chunk); the T new keys/values are written at
   positions start..start+T-1 and the queries attend causally over positions 0..start+T-1.
 - decode step: the same with T == 1; the single query attends over the whole cached prefix (no mask needed).
+
+An explicit boolean ``mask`` (T, S) (True = may attend; S = T without a cache, start + T with one) replaces the
+causal rule, for block-causal layouts such as next-X prediction (``vistok.generators.xar``).
 """
 
 from __future__ import annotations
@@ -32,18 +35,22 @@ class CausalSelfAttention(nn.Module):
         self.wo = nn.Linear(dim, dim, bias=False)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None,
-                start: int = 0) -> torch.Tensor:
-        """x (B, T, dim); cos/sin (T, head_dim/2) for the T tokens' positions; returns (B, T, dim)."""
+                start: int = 0, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, T, dim); cos/sin (T, head_dim/2) for the T tokens' positions; mask: optional bool (T, S) that
+        replaces the causal rule; returns (B, T, dim)."""
         B, T, C = x.shape
         q, k, v = self.wqkv(x).view(B, T, 3, self.heads, self.head_dim).unbind(2)  # each (B, T, H, hd)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, hd)
         dropout_p = self.dropout if self.training else 0.0
-        if cache is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
-        else:
+        if cache is not None:
             k, v = cache.update(start, k, v)  # (B, H, start+T, hd): everything cached so far
             k, v = k.to(q.dtype), v.to(q.dtype)  # the cache may be float32 under autocast
+        if mask is not None:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        elif cache is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
+        else:
             if T == 1:  # decode: one query sees the whole prefix
                 y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
             elif start == 0:  # prefill from scratch: plain causal

@@ -66,7 +66,18 @@ def run_training(cfg: DictConfig, *, resume: bool = False, overwrite: bool = Fal
         torch.manual_seed(cfg.train.seed)
         model = build("generator", model_cfg, token_spec=tokenizer.token_spec.to_dict(),
                       num_classes=len(dataset.class_names), class_names=list(dataset.class_names))
-        task = GeneratorTask(model, tokenizer, cfg.sample, seed=cfg.train.seed,
+        if hasattr(model, "set_codebook") and hasattr(model, "codebook"):  # xAR's flow head regresses the codes
+            quantizer = getattr(tokenizer, "quantizer", None)
+            if quantizer is None:
+                raise ConfigError(f"the flow head needs the code vectors of the tokenizer in {cfg.tokenizer}")
+            model.set_codebook(quantizer.indices_to_codes(torch.arange(model.codebook.shape[0])[None])[0].detach())
+        prompts = None
+        if getattr(model, "conditions_on_text", False):
+            if tokens.captions is None:
+                raise ConfigError(f"model.conditioning is text but the dataset {data_cfg.get('name')!r} has no "
+                                  "captions; use data.name=shapes or a class conditioning")
+            prompts = tokens.captions
+        task = GeneratorTask(model, tokenizer, cfg.sample, seed=cfg.train.seed, sample_prompts=prompts,
                              eval_dataset=build_dataset(held_out_data_cfg(cfg)) if cfg.eval.fid else None,
                              eval_images=cfg.eval.num_images, fid_inception=cfg.eval.inception)
         dataset = tokens

@@ -55,7 +55,8 @@ class TokenizerTask:
 class GeneratorTask:
     """Stage 2: cached tokens + labels → next-token loss; sample grids decoded by the frozen tokenizer."""
 
-    def __init__(self, model: Any, tokenizer: Any, sample_cfg: Any, seed: int = 0, eval_dataset: Dataset | None = None,
+    def __init__(self, model: Any, tokenizer: Any, sample_cfg: Any, seed: int = 0,
+                 sample_prompts: list[str] | None = None, eval_dataset: Dataset | None = None,
                  eval_images: int = 256, fid_inception: str | None = None) -> None:
         self.model, self.tokenizer = model, tokenizer.eval().requires_grad_(False)
         self.sample_cfg, self.seed = sample_cfg, seed
@@ -63,10 +64,11 @@ class GeneratorTask:
         self.fid = _PeriodicFID(fid_inception if eval_dataset is not None else None)
         num_classes = model.num_classes
         n = int(sample_cfg.num_images)
-        self.sample_labels = torch.arange(n) % num_classes
+        self.text = bool(getattr(model, "conditions_on_text", False))  # prompts (captions) instead of labels
+        self.sample_labels = list(sample_prompts or [])[:n] if self.text else torch.arange(n) % num_classes
 
     def training_step(self, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        out = self.model(batch["tokens"], batch["label"])
+        out = self.model(batch["tokens"], batch["caption"] if self.text else batch["label"])
         return out.loss, {**_scalars(out.losses, "loss/"), **_scalars(out.stats)}
 
     def save_images(self, step: int, path: Path) -> None:
@@ -75,7 +77,8 @@ class GeneratorTask:
         device = next(self.model.parameters()).device
         self.tokenizer.to(device)
         s = self.sample_cfg
-        tokens = self.model.generate(self.sample_labels.to(device), cfg_scale=s.cfg_scale, temperature=s.temperature,
+        labels = self.sample_labels if self.text else self.sample_labels.to(device)
+        tokens = self.model.generate(labels, cfg_scale=s.cfg_scale, temperature=s.temperature,
                                      top_k=s.top_k, top_p=s.top_p,
                                      generator=torch.Generator(device).manual_seed(self.seed))
         save_grid(self.tokenizer.decode(tokens).cpu(), path)
@@ -92,11 +95,16 @@ class GeneratorTask:
         n = min(self.eval_images, len(self.eval_dataset))
         items = [self.eval_dataset[i] for i in range(n)]
         real = torch.stack([it["image"] for it in items])
-        labels = torch.tensor([int(it["label"]) for it in items])
+        # the held-out images' own conditions: captions for a text-conditional model, class labels otherwise
+        if self.text:
+            conditions = [str(it["caption"]) for it in items]
+            chunks = [conditions[i:i + 64] for i in range(0, n, 64)]
+        else:
+            chunks = [c.to(device) for c in torch.tensor([int(it["label"]) for it in items]).split(64)]
         s, samples = self.sample_cfg, []
         gen = torch.Generator(device).manual_seed(self.seed)
-        for chunk in labels.split(64):
-            tokens = self.model.generate(chunk.to(device), cfg_scale=s.cfg_scale, temperature=s.temperature,
+        for chunk in chunks:
+            tokens = self.model.generate(chunk, cfg_scale=s.cfg_scale, temperature=s.temperature,
                                          top_k=s.top_k, top_p=s.top_p, generator=gen)
             samples.append(self.tokenizer.decode(tokens).cpu())
         result = fid(torch.cat(samples), real, inception=self.fid.choice(), metrics=("fid", "kid"),

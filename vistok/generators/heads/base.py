@@ -57,13 +57,39 @@ class TokenHead(nn.Module):
         """hidden (B, dim) for one position (and its unconditional twin for CFG) -> tokens (B,) or (B, C)."""
         raise NotImplementedError  # pragma: no cover - interface
 
+    def forced_logits(self, hidden_cond: torch.Tensor, hidden_uncond: torch.Tensor | None, cfg_scale: float,
+                      tokens: torch.Tensor) -> torch.Tensor:
+        """The guided logits that ``sample`` draws ``tokens`` (B,) or (B, C) from, with those tokens forced
+        (heads that predict a position's channels one after another condition each channel on the forced
+        earlier ones). Shape (B, V) for ``vocab``; (B, C, V_max) for the other kinds (padded with -inf where a
+        channel's vocabulary is smaller). ``-log_softmax`` of it at the tokens, summed over channels, is the
+        negative log-likelihood that ``loss`` averages (without guidance)."""
+        return self.guided_logits(hidden_cond, hidden_uncond, cfg_scale)
 
-def build_head(spec: TokenSpec, dim: int) -> TokenHead:
-    """The registered head for ``spec.kind``, built for width ``dim``."""
+    # ---- continuous codes, for the flow-matching entity head (xAR) ----------------------------------------------
+    def token_codes(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (..., [C]) -> the continuous vectors (..., code_dim) a flow head regresses; heads that have a
+        natural vector per token (bits ±1, bins' dequantized values) implement it."""
+        raise NotImplementedError(f"{type(self).__name__} has no continuous codes; a flow-matching head needs them")
+
+    def nearest_tokens(self, codes: torch.Tensor) -> torch.Tensor:
+        """The inverse of ``token_codes``: codes (..., code_dim) -> the tokens of the nearest codes."""
+        raise NotImplementedError(f"{type(self).__name__} has no continuous codes; a flow-matching head needs them")
+
+
+def pad_channel_logits(logits: list[torch.Tensor]) -> torch.Tensor:
+    """Per-channel logits [(B, V_c)] -> (B, C, V_max), padded with -inf (probability 0) where V_c < V_max."""
+    v_max = max(x.shape[-1] for x in logits)
+    return torch.stack([torch.nn.functional.pad(x, (0, v_max - x.shape[-1]), value=float("-inf")) for x in logits],
+                       dim=-2)
+
+
+def build_head(spec: TokenSpec, dim: int, **options) -> TokenHead:
+    """The registered head for ``spec.kind``, built for width ``dim`` with the head's own ``options``."""
     try:
         cls = lookup("head", spec.kind)
     except ConfigError:
         raise ConfigError(f"no generator head for TokenSpec kind {spec.kind!r} yet (heads exist for "
                           f"{list_names('head')}); add one as vistok/generators/heads/<file>.py with "
                           f"@register('head', {spec.kind!r})") from None
-    return cls(spec, dim)
+    return cls(spec, dim, **options)

@@ -1,0 +1,204 @@
+"""Generation benchmark, one run on CPU, printed as markdown tables (docs/generators.md quotes them).
+
+1. Throughput at 256 tokens (16×16 grid), batch ``--batch``, greedy decoding, no CFG: our GPT with its static KV
+   cache vs Hugging Face ``LlamaForCausalLM.generate`` of the same width/depth/heads/SwiGLU width/vocabulary (one
+   BOS token as the prefix, like our one class token; HF's default dynamic cache, SDPA attention), and vs our own
+   decoding without the cache (recompute the prefix every step; ``benchmarks/sampling.py`` sweeps that one).
+2. Wall time per image on a 16×16 token grid with CFG (doubled batch): next-token vs token-shuffle s=2 vs
+   next-cell 2×2 (xAR, discrete head), same backbone size, random weights (speed does not depend on training).
+3. Quality (``--runs name=DIR ...``, text-conditional models trained with the same budget on captioned shapes):
+   prompt accuracy by the shapes judge (a CNN trained on real shapes only; shape and color both right, chance
+   1/24) on ``--num-prompts`` held-out captions × ``--num-per-prompt`` samples, and FID of those samples against
+   ``--fid-real`` training images (Inception-v3 pool features through torch-fidelity's extractor; with a few
+   hundred images FID is strongly biased upward, so compare the rows with each other only).
+
+    python benchmarks/generation.py [--skip-quality] [--runs next_token=runs/a shuffle2=runs/b cell2=runs/c]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from vistok.generators.gpt import GPT
+from vistok.generators.xar import XAR
+from vistok.layers import swiglu_hidden_dim
+from vistok.spec import TokenSpec
+
+
+def timed(fn, repeats: int) -> float:
+    fn()  # warm-up
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - start) / repeats
+
+
+def throughput(args) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    side = 16
+    spec = TokenSpec.vocab(args.vocab, grid=(side, side))
+    L = spec.length
+    ours = GPT(spec.to_dict(), num_classes=10, dim=args.dim, depth=args.depth, heads=args.heads).eval()
+    torch.nn.init.normal_(ours.head.output.weight, std=0.02)  # non-degenerate logits
+    cfg = LlamaConfig(vocab_size=args.vocab, hidden_size=args.dim, intermediate_size=swiglu_hidden_dim(args.dim),
+                      num_hidden_layers=args.depth, num_attention_heads=args.heads, num_key_value_heads=args.heads,
+                      max_position_embeddings=L + 8, bos_token_id=0, eos_token_id=None, pad_token_id=0,
+                      attention_bias=False, mlp_bias=False, tie_word_embeddings=False)
+    hf = LlamaForCausalLM._from_config(cfg, attn_implementation="sdpa").eval()
+    n_ours = sum(p.numel() for p in ours.parameters())
+    n_hf = sum(p.numel() for p in hf.parameters())
+    labels = torch.arange(args.batch) % 10
+    bos = torch.zeros(args.batch, 1, dtype=torch.long)
+
+    def run_ours(use_cache=True):
+        with torch.no_grad():
+            return ours.generate(labels, temperature=0, use_cache=use_cache)
+
+    def run_hf():
+        with torch.no_grad():
+            return hf.generate(bos, max_new_tokens=L, min_new_tokens=L, do_sample=False,
+                               attention_mask=torch.ones_like(bos))
+
+    assert run_hf().shape[1] == L + 1
+    rows = [("ours, static KV cache", timed(run_ours, args.repeats)),
+            ("HF LlamaForCausalLM.generate", timed(run_hf, args.repeats)),
+            ("ours, no cache (recompute)", timed(lambda: run_ours(False), 1))]
+    base = rows[0][1]
+    print(f"\n### Throughput: {L} tokens, batch {args.batch}, dim {args.dim}, depth {args.depth}, heads "
+          f"{args.heads}, vocab {args.vocab} (ours {n_ours / 1e6:.1f}M params, HF {n_hf / 1e6:.1f}M), greedy, "
+          f"torch threads {torch.get_num_threads()}\n")
+    print("| decoder | tokens/s | ours-with-cache speed-up |\n|---|---|---|")
+    for name, sec in rows:
+        print(f"| {name} | {args.batch * L / sec:,.0f} | {sec / base:.2f}× |")
+
+
+def per_image_time(args) -> None:
+    spec = TokenSpec.vocab(args.vocab, grid=(16, 16), code_dim=8)
+    kw = {"token_spec": spec.to_dict(), "num_classes": 10, "dim": args.dim, "depth": args.depth, "heads": args.heads}
+    models = {"next-token (s=1)": GPT(**kw), "token-shuffle s=2": GPT(**kw, window=2),
+              "next-cell 2×2 (xAR)": XAR(**kw, entity={"name": "cell", "size": 2})}
+    labels = torch.arange(args.batch) % 10
+    print(f"\n### Wall time per image: 16×16 tokens, batch {args.batch}, CFG 2.0 (doubled batch), dim {args.dim}, "
+          f"depth {args.depth}\n")
+    print("| generator | decoding steps | s / image | speed-up vs next-token |\n|---|---|---|---|")
+    base = None
+    for name, model in models.items():
+        model.eval()
+        steps = len(model.entities) if isinstance(model, XAR) else spec.length // model.window ** 2
+        sec = timed(lambda m=model: m.generate(labels, cfg_scale=2.0, generator=torch.Generator().manual_seed(0)),
+                    args.repeats) / args.batch
+        base = base or sec
+        print(f"| {name} | {steps} | {sec:.4f} | {base / sec:.2f}× |")
+
+
+def load_generator(path: str):
+    from vistok.hub import load_pretrained
+
+    return load_pretrained(path, kind="generator").eval()
+
+
+def quality(args) -> None:
+    import numpy as np
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+
+    from vistok.data.judge import chance_level, judge_accuracy, train_judge
+    from vistok.data.shapes import ShapesDataset
+    from vistok.hub import load_pretrained
+
+    runs = dict(r.split("=", 1) for r in args.runs)
+    first = next(iter(runs.values()))
+    tokenizer = load_pretrained(args.tokenizer or Path(first) / "tokenizer", kind="tokenizer").eval()
+    res = tokenizer.resolution
+    if args.judge_cache and Path(args.judge_cache).is_file():  # a judge trained by an earlier run of this script
+        from vistok.data.judge import ShapesJudge
+
+        saved = torch.load(args.judge_cache)
+        judge = ShapesJudge()
+        judge.load_state_dict(saved["state"])
+        judge.eval()
+        judge_held = saved["held_out"]
+    else:
+        judge, judge_held = train_judge(resolution=res, steps=args.judge_steps, train_size=args.judge_train,
+                                        held_out_size=500, progress=False)
+        if args.judge_cache:
+            torch.save({"state": judge.state_dict(), "held_out": judge_held}, args.judge_cache)
+    held = ShapesDataset(resolution=res, size=args.num_prompts, seed=4242)
+    prompts = [held[i] for i in range(len(held))]
+    real = ShapesDataset(resolution=res, size=args.fid_real, seed=0)
+    extractor = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
+                                            feature_extractor_weights_path=args.fid_weights).eval()
+
+    def features(images: torch.Tensor) -> np.ndarray:
+        u8 = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        with torch.no_grad():
+            return torch.cat([extractor(u8[i:i + 50])[0] for i in range(0, len(u8), 50)]).double().numpy()
+
+    real_stats = fid_features_to_statistics(torch.from_numpy(features(torch.stack([real[i]["image"]
+                                                                                  for i in range(len(real))]))))
+    print(f"\n### Quality on captioned shapes ({res}×{res}): {len(prompts)} held-out captions × {args.num_per_prompt} "
+          f"samples, CFG {args.cfg_scale}; judge held-out accuracy {judge_held['both']:.3f} (chance "
+          f"{chance_level():.3f}); FID vs {args.fid_real} training images\n")
+    print("| generator | steps/image | prompt acc. (shape+color) | shape acc. | color acc. | FID | s / image |")
+    print("|---|---|---|---|---|---|---|")
+    for name, path in runs.items():
+        gen = load_generator(path)
+        captions = [p["caption"] for p in prompts for _ in range(args.num_per_prompt)]
+        t0 = time.perf_counter()
+        images = []
+        for i in range(0, len(captions), args.batch):
+            tok = gen.generate(captions[i:i + args.batch], cfg_scale=args.cfg_scale,
+                               generator=torch.Generator().manual_seed(i))
+            images.append(tokenizer.decode(tok))
+        sec = (time.perf_counter() - t0) / len(captions)
+        images = torch.cat(images)
+        shapes = [p["shape"] for p in prompts for _ in range(args.num_per_prompt)]
+        colors = [p["color"] for p in prompts for _ in range(args.num_per_prompt)]
+        acc = judge_accuracy(judge, images, shapes, colors)
+        fid = fid_statistics_to_metric(fid_features_to_statistics(torch.from_numpy(features(images))), real_stats,
+                                       verbose=False)["frechet_inception_distance"]
+        steps = len(gen.entities) if isinstance(gen, XAR) else gen.spec.length // gen.window ** 2
+        print(f"| {name} | {steps} | {acc['both']:.3f} | {acc['shape']:.3f} | {acc['color']:.3f} | {fid:.1f} | "
+              f"{sec:.3f} |")
+        if args.grid_dir:
+            from vistok.data.imageio import save_grid
+
+            save_grid(images[:args.num_per_prompt * 8], Path(args.grid_dir) / f"{name}.png", nrow=args.num_per_prompt)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dim", type=int, default=256)
+    p.add_argument("--depth", type=int, default=6)
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--vocab", type=int, default=1024)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--skip-speed", action="store_true")
+    p.add_argument("--skip-quality", action="store_true")
+    p.add_argument("--runs", nargs="*", default=[], help="name=generator folder (or checkpoints/step_N/model)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer folder (default: <first run>/tokenizer)")
+    p.add_argument("--num-prompts", type=int, default=24)
+    p.add_argument("--num-per-prompt", type=int, default=5)
+    p.add_argument("--cfg-scale", type=float, default=3.0)
+    p.add_argument("--fid-real", type=int, default=480)
+    p.add_argument("--fid-weights", default=None, help="Inception weights file for torch-fidelity (offline)")
+    p.add_argument("--judge-steps", type=int, default=300)
+    p.add_argument("--judge-train", type=int, default=4000)
+    p.add_argument("--judge-cache", default=None, help="file to save the trained judge to / load it from")
+    p.add_argument("--grid-dir", default=None)
+    args = p.parse_args()
+    if not args.skip_speed:
+        throughput(args)
+        per_image_time(args)
+    if not args.skip_quality and args.runs:
+        quality(args)
+
+
+if __name__ == "__main__":
+    main()
