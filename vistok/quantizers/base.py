@@ -32,11 +32,16 @@ class QuantizerOutput:
 class Quantizer(nn.Module):
     """Base class. Subclasses set ``codebook_sizes`` (one entry per index channel), ``code_dim`` and ``kind``
     (the TokenSpec kind: "vocab", "subvocab", "bits" or "bins"), and implement ``forward`` and
-    ``indices_to_codes``."""
+    ``indices_to_codes``. ``input_dim`` is the width of ``z``; it equals ``code_dim`` unless the quantizer maps
+    into another space (binary latents: K logits in, an embed_dim-wide sum of bit vectors out; FSQ: one input per
+    level)."""
 
     kind: str = "vocab"
     codebook_sizes: tuple[int, ...] = ()
     code_dim: int = 0
+    # quantizing a code returns its own index (VQ, LFQ, PTQ bins); False where z passes through a bound (FSQ's tanh)
+    # or codes live in another space than z (binary: sums of bit vectors)
+    codes_are_fixed_points: bool = True
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:  # pragma: no cover - interface
         raise NotImplementedError
@@ -44,6 +49,14 @@ class Quantizer(nn.Module):
     def indices_to_codes(self, indices: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
         """Map (B, N[, C]) indices to the (B, N, D) codes ``forward`` would have returned for them."""
         raise NotImplementedError
+
+    @property
+    def input_dim(self) -> int:
+        return self.__dict__.get("_input_dim", self.code_dim)
+
+    @input_dim.setter
+    def input_dim(self, value: int) -> None:  # quantizers whose input and code widths differ set it
+        self.__dict__["_input_dim"] = int(value)
 
     @property
     def num_codebooks(self) -> int:

@@ -28,6 +28,7 @@ from vistok.registry import register
 @register("quantizer", "binary")
 class BinaryQuantizer(Quantizer):
     kind = "bits"
+    codes_are_fixed_points = False
 
     def __init__(self, num_bits: int = 64, embed_dim: int = 64, temperature: float = 0.1,
                  aux_weight: float = 0.1) -> None:
@@ -57,7 +58,11 @@ class BinaryQuantizer(Quantizer):
             bits_st = bits + probs - probs.detach()  # gradient through the untempered sigmoid
             embedded = bits_st @ self.bit_embedding
         losses = {"binary_aux": self.aux_weight * (probs * (1 - probs)).mean()} if self.training else {}
+        flat = bits.detach().reshape(-1, self.num_bits)
         stats = {"bit_mean": bits.mean().detach(),
+                 # usage for bits: the fraction of the K bits that take both values in this batch (a dead bit is
+                 # constant); the analogue of the fraction of codebook entries a VQ uses
+                 "usage": (flat.amax(0) != flat.amin(0)).float().mean(),
                  # how undecided the encoder still is: mean p(1-p) is 0.25 for coin flips, 0 for certain bits
                  "bit_uncertainty": (probs * (1 - probs)).mean().detach()}
         return QuantizerOutput(embedded, bits.long(), losses, stats)

@@ -27,6 +27,7 @@ from vistok.registry import register
 @register("quantizer", "fsq")
 class FiniteScalarQuantizer(Quantizer):
     kind = "vocab"
+    codes_are_fixed_points = False
 
     def __init__(self, levels: list[int] = (8, 8, 8, 5, 5, 5), eps: float = 1e-3) -> None:
         super().__init__()

@@ -153,7 +153,7 @@ class ViT1DTokenizer(Tokenizer):
         enc, dec = vit_size(encoder_size, "encoder"), vit_size(decoder_size, "decoder")
         self.encoder = ViT1DEncoder(resolution, patch_size, num_tokens, **enc)
         self.quantizer = build("quantizer", dict(quantizer or {"name": "vq", "codebook_size": 4096, "code_dim": 12}))
-        in_dim = getattr(self.quantizer, "input_dim", self.quantizer.code_dim)
+        in_dim = self.quantizer.input_dim
         self.quant_proj = nn.Linear(enc["width"], in_dim)
         self.post_quant_proj = nn.Linear(self.quantizer.code_dim, dec["width"])
         prefix = dict(prefix or {"name": "tail_drop"})
