@@ -152,6 +152,25 @@ def test_shapes_are_deterministic_captioned_and_cover_every_class():
         assert ShapesDataset(resolution=res, size=2)[1]["image"].shape == (3, res, res)
 
 
+def test_upright_shapes_keep_classes_and_draw_axis_aligned_squares():
+    from vistok.data.shapes import BACKGROUNDS
+
+    rotated, upright = ShapesDataset(64, 40, seed=3), ShapesDataset(64, 40, seed=3, rotate=False)
+    squares = 0
+    for i in range(40):
+        a, b = rotated[i], upright[i]
+        assert (a["label"], a["caption"]) == (b["label"], b["caption"])  # same classes, colors, backgrounds
+        if b["shape"] != 1:  # square
+            continue
+        squares += 1
+        bg = torch.tensor(list(BACKGROUNDS.values())[b["background"]], dtype=torch.float32)
+        pixels = (b["image"].permute(1, 2, 0) + 1) * 127.5
+        fg = (pixels - bg).abs().amax(-1) > 60  # (H, W) shape mask
+        rows, cols = fg.any(1).nonzero().flatten(), fg.any(0).nonzero().flatten()
+        box = fg[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+        assert box.float().mean() > 0.9  # an axis-aligned square fills its bounding box (a rotated one: ~0.5-1)
+    assert squares > 0
+
 @pytest.mark.skipif(not SAMPLE.is_dir(), reason=f"the shared ImageNet sample is not at {SAMPLE} (CI/devs only)")
 def test_real_imagenet_sample_loads():
     ds = ImageFolderDataset(SAMPLE, resolution=32)

@@ -49,8 +49,10 @@ def run_demo(out: Path, tokenizer_steps: int | None = None, generator_steps: int
     tokenizer = run_training(load_config(CONFIGS / "tokenizer.yaml", overrides), overwrite=True, progress=progress)
     lap("tokenizer_training", t0)
     t0 = time.perf_counter()
+    data_cfg = load_config(CONFIGS / "tokenizer.yaml").data
+    rotate = bool(data_cfg.get("rotate", True))  # the held-out set and the judge see the demo data's geometry
     held_out = ShapesDataset(**{k: v for k, v in data_cfg_from_arg("shapes", tokenizer.resolution, 1000).items()
-                                if k != "name"})
+                                if k != "name"}, rotate=rotate)
     recon = evaluate_reconstruction(tokenizer, held_out, pairs_path=out / "recon" / "pairs.png",
                                     csv_path=out / "recon" / "per_image.csv", progress=progress)
     (out / "recon" / "recon.json").write_text(json.dumps(recon, indent=2))
@@ -66,7 +68,7 @@ def run_demo(out: Path, tokenizer_steps: int | None = None, generator_steps: int
 
     # 3. judge, trained on real images only
     t0 = time.perf_counter()
-    judge, judge_heldout = train_judge(resolution=tokenizer.resolution, progress=progress)
+    judge, judge_heldout = train_judge(resolution=tokenizer.resolution, progress=progress, rotate=rotate)
     lap("judge_training", t0)
 
     # 4. sample every shape×color prompt and judge it

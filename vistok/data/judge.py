@@ -82,11 +82,14 @@ def _as_tensors(dataset: ShapesDataset) -> tuple[torch.Tensor, torch.Tensor, tor
 
 def train_judge(resolution: int = 32, steps: int = 500, batch_size: int = 128, seed: int = 0,
                 device: str | torch.device = "cpu", progress: bool = True, train_size: int = 16000,
-                held_out_size: int = 2000, lr: float = 3e-3) -> tuple[ShapesJudge, dict[str, float]]:
+                held_out_size: int = 2000, lr: float = 3e-3,
+                rotate: bool = True) -> tuple[ShapesJudge, dict[str, float]]:
     """Train a :class:`ShapesJudge` on real shapes (data seed ``seed``) and measure it on held-out shapes (data
-    seed ``seed + 1``). Returns ``(judge in eval mode, {"shape", "color", "both"} held-out accuracies)``."""
+    seed ``seed + 1``), both drawn with ``rotate`` as the generator's data was. Returns ``(judge in eval mode,
+    {"shape", "color", "both"} held-out accuracies)``."""
     torch.manual_seed(seed)
-    train_images, train_shapes, train_colors = _as_tensors(ShapesDataset(resolution, train_size, seed=seed))
+    train_images, train_shapes, train_colors = _as_tensors(ShapesDataset(resolution, train_size, seed=seed,
+                                                                                rotate=rotate))
     judge = ShapesJudge().to(device)
     opt = torch.optim.AdamW(judge.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
@@ -105,5 +108,6 @@ def train_judge(resolution: int = 32, steps: int = 500, batch_size: int = 128, s
         opt.step()
         sched.step()
     judge.eval()
-    held_images, held_shapes, held_colors = _as_tensors(ShapesDataset(resolution, held_out_size, seed=seed + 1))
+    held_images, held_shapes, held_colors = _as_tensors(ShapesDataset(resolution, held_out_size, seed=seed + 1,
+                                                                             rotate=rotate))
     return judge, judge_accuracy(judge, held_images, held_shapes, held_colors)

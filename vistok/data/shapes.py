@@ -76,17 +76,21 @@ class ShapesDataset(Dataset):
 
     Items: ``{"image": float (3, R, R) in [-1, 1], "label": shape * num_colors + color, "caption": str,
     "index", "shape", "color", "background"}``. ``cache=True`` renders every item once up front (uint8 in memory)
-    for epochs over a fixed set.
+    for epochs over a fixed set. ``rotate=False`` draws every shape upright (triangles and stars point up, squares
+    are axis-aligned): the same classes and captions, an easier geometry (the demo uses it so that a CPU-minutes
+    generator learns the shapes; see configs/demo/).
     """
 
     SHAPE_NAMES = SHAPES
     COLOR_NAMES = tuple(COLORS)
     BACKGROUND_NAMES = tuple(BACKGROUNDS)
 
-    def __init__(self, resolution: int = 32, size: int = 10000, seed: int = 0, cache: bool = False) -> None:
+    def __init__(self, resolution: int = 32, size: int = 10000, seed: int = 0, cache: bool = False,
+                 rotate: bool = True) -> None:
         if resolution < 8 or size < 1:
             raise ValueError(f"shapes needs resolution >= 8 and size >= 1, got resolution={resolution}, size={size}")
         self.resolution, self.size, self.seed = int(resolution), int(size), int(seed)
+        self.rotate = bool(rotate)
         self.num_shapes, self.num_colors = len(SHAPES), len(COLORS)
         self.class_names = [f"{c} {s}" for s in SHAPES for c in COLORS]
         self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -107,7 +111,9 @@ class ShapesDataset(Dataset):
         side = self.resolution * SUPERSAMPLE
         r = rng.uniform(*SIZE_RANGE) * side / 2
         cx, cy = rng.uniform(r, side - r), rng.uniform(r, side - r)
-        angle = rng.uniform(0, 2 * math.pi / _SYMMETRY[SHAPES[shape]])
+        angle = rng.uniform(0, 2 * math.pi / _SYMMETRY[SHAPES[shape]])  # drawn either way: same sizes/positions
+        if not self.rotate:
+            angle = 0.0 if SHAPES[shape] != "square" else math.pi / 4  # upright: point up, square edges on the axes
         img = Image.new("RGB", (side, side), _BACKGROUND_RGB[background])
         draw = ImageDraw.Draw(img)
         if SHAPES[shape] == "circle":
