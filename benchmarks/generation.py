@@ -5,7 +5,8 @@
    BOS token as the prefix, like our one class token; HF's default dynamic cache, SDPA attention), and vs our own
    decoding without the cache (recompute the prefix every step; ``benchmarks/sampling.py`` sweeps that one).
 2. Wall time per image on a 16×16 token grid with CFG (doubled batch): next-token vs token-shuffle s=2 vs
-   next-cell 2×2 (xAR, discrete head), same backbone size, random weights (speed does not depend on training).
+   next-cell 2×2 (xAR, discrete head) in the shift layout (N = 4 tokens fed per step) and in the content+query
+   layout (2N), same backbone size, random weights (speed does not depend on training).
 3. Quality (``--runs name=DIR ...``, text-conditional models trained with the same budget on captioned shapes):
    prompt accuracy by the shapes judge (a CNN trained on real shapes only; shape and color both right, chance
    1/24) on ``--num-prompts`` held-out captions × ``--num-per-prompt`` samples, and FID of those samples against
@@ -81,7 +82,8 @@ def per_image_time(args) -> None:
     spec = TokenSpec.vocab(args.vocab, grid=(16, 16), code_dim=8)
     kw = {"token_spec": spec.to_dict(), "num_classes": 10, "dim": args.dim, "depth": args.depth, "heads": args.heads}
     models = {"next-token (s=1)": GPT(**kw), "token-shuffle s=2": GPT(**kw, window=2),
-              "next-cell 2×2 (xAR)": XAR(**kw, entity={"name": "cell", "size": 2})}
+              "next-cell 2×2 (xAR, shift layout)": XAR(**kw, entity={"name": "cell", "size": 2}, layout="shift"),
+              "next-cell 2×2 (xAR, query layout)": XAR(**kw, entity={"name": "cell", "size": 2}, layout="query")}
     labels = torch.arange(args.batch) % 10
     print(f"\n### Wall time per image: 16×16 tokens, batch {args.batch}, CFG 2.0 (doubled batch), dim {args.dim}, "
           f"depth {args.depth}\n")

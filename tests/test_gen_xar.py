@@ -1,6 +1,8 @@
 """Next-X prediction: entity partitions (cover every token once, in a valid causal order), block-causal
-predictions, KV cache equality for both entity heads, Noisy Context Learning, and the flow-matching head on a toy
-2D distribution."""
+predictions and KV cache equality for both layouts (shift, query) and both entity heads, the tokens each decoding
+step feeds, Noisy Context Learning, and the flow-matching head on a toy 2D distribution."""
+
+import json
 
 import pytest
 import torch
@@ -15,6 +17,9 @@ LABELS = torch.tensor([0, 2, 3])
 SPEC = TokenSpec.vocab(16, grid=(4, 4), code_dim=3)
 ENTITIES = ["token", {"name": "cell", "size": 2}, {"name": "subsample", "stride": 2}, "scale", "image"]
 IDS = ["token", "cell2", "subsample2", "scale", "image"]
+# (entity, layout) pairs: shift needs entities of equal size, so scale only has the query layout
+LAYOUTS = [pytest.param(e, lay, id=f"{i}-{lay}") for e, i in zip(ENTITIES, IDS) for lay in ("shift", "query")
+           if not (i == "scale" and lay == "shift")]
 
 
 def tiny(entity, entity_head="discrete", spec=SPEC, seed=0, **kw) -> XAR:
@@ -60,11 +65,11 @@ def test_partitions_are_the_named_groups():
         build_entities(spec, "patch")
 
 
-@pytest.mark.parametrize("entity", ENTITIES, ids=IDS)
-def test_predictions_depend_on_earlier_entities_only(entity):
+@pytest.mark.parametrize("entity, layout", LAYOUTS)
+def test_predictions_depend_on_earlier_entities_only(entity, layout):
     """Valid causal order: changing the tokens of entity k leaves the predictions of entities 0..k unchanged and
     changes a later entity's; the teacher-forced decoding gives exactly the training loss."""
-    model = tiny(entity).double()
+    model = tiny(entity, layout=layout).double()
     tokens = torch.randint(0, 16, (3, 16), generator=torch.Generator().manual_seed(0))
     base = model.step_outputs(LABELS, tokens)
     ents = model.entities
@@ -80,11 +85,55 @@ def test_predictions_depend_on_earlier_entities_only(entity):
     torch.testing.assert_close(model(tokens, LABELS).loss, nll, atol=1e-8, rtol=0)
 
 
+# ---- layouts -------------------------------------------------------------------------------------------------------
+def test_layout_choice():
+    assert tiny({"name": "cell", "size": 2}).layout == "shift"  # auto: equal sizes
+    assert tiny("scale").layout == "query"  # auto: unequal sizes
+    assert tiny("token", layout="query").layout == "query"
+    with pytest.raises(ValueError, match="layout 'shift' needs entities of equal size"):
+        tiny("scale", layout="shift")
+    with pytest.raises(ValueError, match="layout must be"):
+        tiny("token", layout="next")
+
+
+@pytest.mark.parametrize("layout, per_step, train_len", [("shift", [1 + 4] + [4] * 3, 1 + 16),
+                                                         ("query", [1, 4] + [8] * 3, 1 + 12 + 16)])
+def test_tokens_fed_per_step(layout, per_step, train_len):
+    """Next-cell 2×2 on 4×4 tokens (4 cells, 1 class token): shift feeds N = 4 new tokens per step (the first step
+    with the prefix), query 2N (content + query slots) after prefilling the prefix; training sequences P + L vs
+    P + 2L - N."""
+    model = tiny({"name": "cell", "size": 2}, layout=layout)
+    fed = []
+    backbone = model.backbone
+    model.backbone = lambda x, *a, **kw: fed.append(x.shape[1]) or backbone(x, *a, **kw)
+    model.generate(LABELS, cfg_scale=2.0, generator=torch.Generator().manual_seed(0))
+    assert fed == per_step
+    fed.clear()
+    model(torch.zeros(3, 16, dtype=torch.long), LABELS)
+    assert fed == [train_len]
+
+
+def test_folders_saved_before_layouts_existed_load_in_the_query_layout(tmp_path):
+    model = tiny({"name": "cell", "size": 2}, layout="query")
+    model.save_pretrained(tmp_path / "old")
+    cfg_file = tmp_path / "old" / "config.json"
+    cfg = json.loads(cfg_file.read_text())
+    del cfg["layout"]
+    cfg_file.write_text(json.dumps(cfg))
+    tokens = torch.randint(0, 16, (3, 16), generator=torch.Generator().manual_seed(0))
+    loaded = XAR.from_pretrained(tmp_path / "old")
+    assert loaded.layout == "query"
+    torch.testing.assert_close(loaded.step_outputs(LABELS, tokens), model.step_outputs(LABELS, tokens))
+    model.save_pretrained(tmp_path / "new")  # new folders keep their layout
+    assert XAR.from_pretrained(tmp_path / "new").layout == "query"
+    assert XAR.from_pretrained(tmp_path / "old", layout="auto").layout == "shift"
+
+
 # ---- generation ---------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("entity_head", ["discrete", "flow"])
-@pytest.mark.parametrize("entity", ENTITIES, ids=IDS)
-def test_kv_cache_matches_full_recompute(entity, entity_head):
-    model = tiny(entity, entity_head).double()
+@pytest.mark.parametrize("entity, layout", LAYOUTS)
+def test_kv_cache_matches_full_recompute(entity, layout, entity_head):
+    model = tiny(entity, entity_head, layout=layout).double()
     kw = {"cfg_scale": 2.0, "cfg_schedule": "linear"}
     tokens = model.generate(LABELS, generator=torch.Generator().manual_seed(0), **kw)
     assert tokens.shape == (3, 16)
@@ -94,12 +143,27 @@ def test_kv_cache_matches_full_recompute(entity, entity_head):
     assert torch.equal(tokens, again)
 
 
+@pytest.mark.parametrize("entity, layout", [p for p in LAYOUTS if p.id.startswith(("cell2", "scale"))])
+def test_flow_training_regresses_what_decoding_computes(entity, layout):
+    """With clean context (eval), the outputs the flow loss regresses each token's code from are the hidden states
+    that decoding samples that token from (both in raster order), and the targets are the tokens' codes."""
+    model = tiny(entity, "flow", layout=layout).double()
+    tokens = torch.randint(0, 16, (3, 16), generator=torch.Generator().manual_seed(0))
+    seen = []
+    model.flow.loss = lambda h, x1: seen.append((h, x1)) or h.sum()
+    model(tokens, LABELS)
+    hidden, codes = (t.view(3, 16, -1) for t in seen[0])
+    order = model.order
+    torch.testing.assert_close(hidden[:, order.argsort()], model.step_outputs(LABELS, tokens), atol=1e-10, rtol=0)
+    torch.testing.assert_close(codes[:, order.argsort()], model.codebook[tokens].double())
+
+
 @pytest.mark.parametrize("spec", [TokenSpec.bits(4, grid=(4, 4)), TokenSpec.bins(2, 8, grid=(4, 4))],
                          ids=["bits", "bins"])
 def test_other_kinds_with_both_entity_heads(spec):
-    for entity_head in ("discrete", "flow"):
+    for entity_head, layout in [("discrete", "shift"), ("flow", "shift"), ("flow", "query")]:
         model = tiny({"name": "cell", "size": 2}, entity_head, spec=spec, head=None if spec.kind == "bits" else
-                     {"head_width": 32, "head_depth": 1, "head_heads": 2}).double()
+                     {"head_width": 32, "head_depth": 1, "head_heads": 2}, layout=layout).double()
         tokens = model.generate(LABELS, cfg_scale=2.0, generator=torch.Generator().manual_seed(1))
         spec.validate(tokens)
         torch.testing.assert_close(model.step_outputs(LABELS, tokens, cfg_scale=2.0),
@@ -108,8 +172,9 @@ def test_other_kinds_with_both_entity_heads(spec):
         assert torch.isfinite(model.train()(tokens, LABELS).loss)
 
 
-def test_noisy_context_learning_noises_every_context_entity_at_its_own_level():
-    model = tiny({"name": "cell", "size": 2}, "flow").train()
+@pytest.mark.parametrize("layout", ["shift", "query"])
+def test_noisy_context_learning_noises_every_context_entity_at_its_own_level(layout):
+    model = tiny({"name": "cell", "size": 2}, "flow", layout=layout).train()
     seen = []
     original = model._content
     model._content = lambda x, t=None: seen.append((x.detach().clone(), t)) or original(x, t)

@@ -2,37 +2,53 @@
 Generation") on the LlamaGen backbone: the unit of prediction is an entity X (``entities.py``: token, cell k×k,
 subsample, scale, image); the model is causal over entities and predicts all tokens of an entity in parallel.
 
-Sequence (training), with M entities E_0..E_{M-1} of N_m tokens each:
+Two sequence layouts (``layout``), with M entities E_0..E_{M-1} of N_m tokens each. Both use a learned query
+vector q and a learned embedding pos[i] of each target token i ("which token does this slot predict"), and both
+are block-causal over entities, so the prediction of E_m depends on earlier entities only (tested by perturbation).
 
-    [prefix (P)] [content E_0 .. E_{M-2}] [queries Q_0 .. Q_{M-1}]
+``layout="shift"`` (xAR/VAR style; needs entities of equal size N: token, cell k×k, subsample, image):
 
-- content tokens carry what is known of an entity (its token embeddings, or for the flow head its noisy code
-  vectors); query Q_m has one slot per token of E_m (a learned query vector + a learned embedding of that
-  token's position) and its outputs predict E_m.
-- attention is block-causal over entities: content of E_m sees the prefix and the content of E_0..E_m; query
-  Q_m sees the prefix, the content of E_0..E_{m-1} and the other slots of Q_m; nothing sees a query. So the
-  prediction of E_m depends on earlier entities only (tested by perturbation).
-- RoPE: a content token and a query slot sit at their token's grid coordinates (the GPT's 2D layout).
+    [prefix (P)] [Q_0] [content E_0 .. E_{M-2}]          (P + L positions)
 
-This "content + query" layout is our choice so that one mechanism serves entities of unequal sizes (scale) and the
-first entity (no previous entity to shift from); xAR/VAR instead shift each entity's input to the next entity's
-positions, which needs equal sizes or upsampling.
+- Q_0: N slots q + pos[token j of E_0]; their outputs predict E_0 (there is no previous entity to shift from).
+- content slot j of E_{m-1} = embedding of E_{m-1}'s token j + pos[token j of E_m]; its output predicts token j of
+  E_m (slot-aligned shift, like next-token prediction where token i's output predicts token i + 1).
+- attention: block b = 0 is Q_0, block m is the content of E_{m-1}; a block sees the prefix, every earlier block
+  and all of itself (so content sees Q_0, in training and decoding alike); the prefix is causal.
+- RoPE: Q_0 at E_0's grid coordinates, a content token at its own token's coordinates (as in the GPT).
+- one decoding step feeds N tokens (the previous entity's content), so next-cell does the linear-layer work of
+  next-token in 1/N of the steps.
+
+``layout="query"`` (our "content + query" layout; any entity sizes, required for ``scale``):
+
+    [prefix (P)] [content E_0 .. E_{M-2}] [queries Q_0 .. Q_{M-1}]          (P + 2L - N_{M-1} positions)
+
+- content tokens carry what is known of an entity (its embeddings, without pos); query Q_m has one slot
+  q + pos[token] per token of E_m and its outputs predict E_m.
+- attention: content of E_m sees the prefix and the content of E_0..E_m; query Q_m sees the prefix, the content of
+  E_0..E_{m-1} and the other slots of Q_m; nothing sees a query.
+- RoPE: a content token and a query slot sit at their token's grid coordinates.
+- one decoding step feeds 2N tokens (content E_{m-1} + queries Q_m): twice the linear-layer work of "shift".
+
+``layout="auto"`` (default) picks "shift" when all entities have the same size and "query" otherwise (scale);
+asking for "shift" with unequal sizes is an error. Folders saved before this option existed load as "query".
 
 Two entity heads:
-- ``entity_head="discrete"``: the TokenSpec kind's head (``heads/``) classifies every token of the entity from its
-  query output; contexts are the clean tokens (teacher forcing).
+- ``entity_head="discrete"``: the TokenSpec kind's head (``heads/``) classifies every token of the entity from the
+  output that predicts it; contexts are the clean tokens (teacher forcing).
 - ``entity_head="flow"``: the flow-matching head (``heads/flow.py``) regresses each token's continuous code vector
   (the tokenizer's code embedding for ``vocab`` — set with ``set_codebook`` — ±1 bits for ``bits``, dequantized
-  values for ``bins``) from its query output. **Noisy Context Learning**: in training every context entity is
+  values for ``bins``) from the output that predicts it. **Noisy Context Learning**: in training every context entity is
   replaced by its flow-matching interpolant x_t = t·x₁ + (1 − t)·ε at its own t ~ U(0, 1) (one t per image and
   entity), and its content token also receives an embedding of t; so the model never sees clean ground truth
   context and learns to work from imperfect context (no teacher forcing). At inference each entity is sampled by
   ``flow_steps`` Euler steps (CFG on the velocity), snapped to the nearest code (so the tokenizer can decode it),
   and fed back as clean context (t = 1).
 
-Generation uses the static KV cache: the prefix is prefilled, then each step feeds one chunk [content E_{m-1},
-queries Q_m] with the block-causal mask; the next chunk overwrites the query slots, so the cache holds P + L
-positions. ``use_cache=False`` recomputes the whole sequence each step (the reference the tests compare with).
+Generation uses the static KV cache (P + L positions) and one step per entity. shift: step 0 feeds [prefix, Q_0],
+step m the content of E_{m-1} (N new positions each; the layout and its mask are built once per call). query: the
+prefix is prefilled, then step m feeds [content E_{m-1}, queries Q_m] and the next chunk overwrites the query
+slots. ``use_cache=False`` recomputes the whole sequence each step (the reference the tests compare with).
 """
 
 from __future__ import annotations
@@ -56,14 +72,15 @@ PREFIX, CONTENT, QUERY = 0, 1, 2
 class XAR(GPT):
     """entity: an entity name or ``{"name": "cell", "size": 2}`` (``entities.build_entities``);
     entity_head: "discrete" or "flow"; flow: options of ``FlowMatchingHead`` (width, depth, batch_mul);
-    flow_steps: Euler steps per entity at sampling; noisy_context: Noisy Context Learning (flow head only).
+    flow_steps: Euler steps per entity at sampling; noisy_context: Noisy Context Learning (flow head only);
+    layout: "shift", "query" or "auto" (shift for entities of equal size, else query; see the module docstring).
     The other arguments are the GPT's (token-shuffle is not combined with next-X: window is 1)."""
 
     def __init__(self, token_spec: dict, num_classes: int, dim: int = 256, depth: int = 6, heads: int = 8,
                  class_dropout: float = 0.1, dropout: float = 0.0, class_names: list[str] | None = None,
                  conditioning: str | dict = "class", head: dict | None = None, entity: str | dict = "cell",
                  entity_head: str = "discrete", flow: dict | None = None, flow_steps: int = 25,
-                 noisy_context: bool = True) -> None:
+                 noisy_context: bool = True, layout: str = "auto") -> None:
         super().__init__(token_spec, num_classes, dim, depth, heads, class_dropout, dropout, class_names,
                          conditioning, head)
         if entity_head not in ("discrete", "flow"):
@@ -71,6 +88,15 @@ class XAR(GPT):
         self.entity_head, self.flow_steps, self.noisy_context = entity_head, int(flow_steps), bool(noisy_context)
         self.entities = build_entities(self.spec, entity)
         self.sizes = [len(e) for e in self.entities]
+        equal = len(set(self.sizes)) == 1
+        if layout == "auto":
+            layout = "shift" if equal else "query"
+        if layout not in ("shift", "query"):
+            raise ValueError(f"layout must be 'shift', 'query' or 'auto', got {layout!r}")
+        if layout == "shift" and not equal:
+            raise ValueError(f"layout 'shift' needs entities of equal size, got sizes {sorted(set(self.sizes))} "
+                             f"for entity {entity!r}; use layout='query'")
+        self.layout = layout
         self.register_buffer("order", torch.cat(self.entities), persistent=False)  # (L,) generation order
         L = self.spec.length
         # per token (raster index): its entity; per sequence segment we read coordinates from the GPT's layout
@@ -95,6 +121,11 @@ class XAR(GPT):
             self.flow = FlowMatchingHead(code_dim, dim, **(flow or {}))
         elif flow:
             raise ValueError("flow options are given but entity_head is 'discrete'")
+
+    @classmethod
+    def _from_pretrained(cls, **kwargs: Any) -> XAR:
+        kwargs.setdefault("layout", "query")  # folders saved before ``layout`` existed were trained in this layout
+        return super()._from_pretrained(**kwargs)
 
     # ---- continuous codes --------------------------------------------------------------------------------------
     def _code_dim(self) -> int:
@@ -123,8 +154,17 @@ class XAR(GPT):
         return self.head.nearest_tokens(codes)
 
     # ---- layout ------------------------------------------------------------------------------------------------
+    def _shift_layout(self, P: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """RoPE coordinates (P + L, n_axes) and block-causal mask (P + L, P + L) of the shift sequence
+        [prefix][Q_0][content E_0 .. E_{M-2}]; decoding slices both."""
+        L, N = self.spec.length, self.sizes[0]
+        device = self.order.device
+        coords = torch.cat([self.coords[:P], self.token_coords[self.order[:N]], self.token_coords[self.order[:L - N]]])
+        block = torch.cat([torch.arange(-P, 0, device=device), torch.arange(L, device=device) // N])
+        return coords, block[None, :] <= block[:, None]  # row i may attend column j iff block[j] <= block[i]
+
     def _segments(self, content: int, queries: list[int], P: int) -> dict[str, torch.Tensor]:
-        """Labels of the sequence [prefix P][content of entities 0..content-1][query slots of ``queries``]:
+        """Query layout: labels of [prefix P][content of entities 0..content-1][query slots of ``queries``]:
         kind, entity and raster token index per position (-1 in the prefix), and RoPE coordinates."""
         device = self.order.device
         tok_c = torch.cat([self.entities[m] for m in range(content)]).to(device) if content else \
@@ -139,7 +179,7 @@ class XAR(GPT):
 
     @staticmethod
     def _mask(seg: dict[str, torch.Tensor], rows: slice = slice(None)) -> torch.Tensor:
-        """Block-causal attention (rows × all positions; True = may attend); see the module docstring."""
+        """Query layout: block-causal attention (rows × all positions; True = may attend)."""
         rk, re = seg["kind"][rows, None], seg["entity"][rows, None]
         ck, ce = seg["kind"][None], seg["entity"][None]
         pos = torch.arange(len(seg["kind"]), device=rk.device)
@@ -170,25 +210,29 @@ class XAR(GPT):
         if tokens.shape[1] != self.spec.length:
             raise ValueError(f"next-X models train on full token maps of {self.spec.length}, got {tokens.shape[1]}")
         tokens = tokens.long()
-        B, M = tokens.shape[0], len(self.entities)
+        B, M, L = tokens.shape[0], len(self.entities), self.spec.length
         prefix = self.condition_prefix(labels, B, tokens.device)
         P = prefix.shape[1]
-        seg = self._segments(M - 1, list(range(M)), P)
-        n_ctx = self.spec.length - self.sizes[-1]
-        ctx_tok = seg["token"][P:P + n_ctx]
-        targets = tokens[:, self.order]  # (B, L[, C]) in generation order == query order
+        ctx_tok = self.order[:L - self.sizes[-1]]  # context: E_0 .. E_{M-2}, in generation order
+        targets = tokens[:, self.order]  # (B, L[, C]) in generation order == order of the predicting outputs
         if self.entity_head == "discrete":
             content = self._content(tokens[:, ctx_tok])
         else:
             x1 = self.token_codes(tokens[:, ctx_tok]).float()  # (B, n_ctx, code_dim)
-            t = torch.ones(B, n_ctx, device=tokens.device)
+            t = torch.ones(B, len(ctx_tok), device=tokens.device)
             if self.noisy_context and self.training:  # Noisy Context Learning: one t per image and entity
-                t_ent = torch.rand(B, M, device=tokens.device)
-                t = t_ent[:, seg["entity"][P:P + n_ctx]]
+                t = torch.rand(B, M, device=tokens.device)[:, self.entity_of[ctx_tok]]
                 x1 = t[..., None] * x1 + (1 - t[..., None]) * torch.randn_like(x1)
             content = self._content(x1, t)
-        x = torch.cat([prefix, content, self._queries(seg["token"][P + n_ctx:], B)], dim=1)
-        hidden = self.backbone(x, coords=seg["coords"], mask=self._mask(seg))[:, P + n_ctx:]  # (B, L, dim)
+        if self.layout == "shift":  # [prefix][Q_0][content E_0 .. E_{M-2} + pos of the token each slot predicts]
+            N = self.sizes[0]
+            x = torch.cat([prefix, self._queries(self.order[:N], B), content + self.query_pos[self.order[N:]]], 1)
+            coords, mask = self._shift_layout(P)
+            hidden = self.backbone(x, coords=coords, mask=mask)[:, P:]  # (B, L, dim)
+        else:  # [prefix][content E_0 .. E_{M-2}][Q_0 .. Q_{M-1}]
+            seg = self._segments(M - 1, list(range(M)), P)
+            x = torch.cat([prefix, content, self._queries(self.order, B)], dim=1)
+            hidden = self.backbone(x, coords=seg["coords"], mask=self._mask(seg))[:, P + len(ctx_tok):]  # (B, L, dim)
         if self.entity_head == "discrete":
             loss, stats = self.head.loss(hidden, targets)
             return GeneratorOutput(loss=loss, losses={self.head.loss_name: loss}, stats=stats)
@@ -212,28 +256,47 @@ class XAR(GPT):
         P, rows = prefix.shape[1], prefix.shape[0]
         if use_cache:
             cache = self.new_cache(rows, P + self.spec.length)
+        if self.layout == "shift":  # the layout, its mask and the entities' indices, once per call
+            N = self.sizes[0]
+            coords, mask = self._shift_layout(P)
+            ents = self.order.view(M, N)  # (M, N): entity m's raster token indices
+            q0 = self._queries(ents[0], rows).to(prefix.dtype)
+        elif use_cache:
             self.backbone(prefix, 0, cache, coords=self.coords[:P])
         contents: list[torch.Tensor] = []  # content embeddings of the entities generated so far
         out: list[torch.Tensor] = []
         for m in range(M):
-            seg = self._segments(m, [m], P)
-            queries = self._queries(self.entities[m].to(prefix.device), rows).to(prefix.dtype)
-            if use_cache:
-                # [content of the previous entity, queries of this one]; the queries' cache slots are overwritten
-                # by the next chunk, so the cache only keeps prefix + content
-                chunk = torch.cat(contents[-1:] + [queries], dim=1)
-                start = len(seg["kind"]) - chunk.shape[1]
-                hidden = self.backbone(chunk, start, cache, coords=seg["coords"][start:],
-                                       mask=self._mask(seg, slice(start, None)))
+            if self.layout == "shift":  # [prefix, Q_0, content E_0 .. E_{m-1}] up to position end
+                end = P + (m + 1) * N
+                if use_cache:  # step 0 feeds [prefix, Q_0], step m the content of E_{m-1}
+                    new = torch.cat([prefix, q0], dim=1) if m == 0 else contents[-1]
+                    start = end - new.shape[1]
+                    hidden = self.backbone(new, start, cache, coords=coords[start:end], mask=mask[start:end, :end])
+                else:
+                    x = torch.cat([prefix, q0, *contents], dim=1)
+                    hidden = self.backbone(x, coords=coords[:end], mask=mask[:end, :end])
             else:
-                x = torch.cat([prefix, *contents, queries], dim=1)
-                hidden = self.backbone(x, coords=seg["coords"], mask=self._mask(seg))
+                seg = self._segments(m, [m], P)
+                queries = self._queries(self.entities[m].to(prefix.device), rows).to(prefix.dtype)
+                if use_cache:
+                    # [content of the previous entity, queries of this one]; the queries' cache slots are
+                    # overwritten by the next chunk, so the cache only keeps prefix + content
+                    chunk = torch.cat(contents[-1:] + [queries], dim=1)
+                    start = len(seg["kind"]) - chunk.shape[1]
+                    hidden = self.backbone(chunk, start, cache, coords=seg["coords"][start:],
+                                           mask=self._mask(seg, slice(start, None)))
+                else:
+                    x = torch.cat([prefix, *contents, queries], dim=1)
+                    hidden = self.backbone(x, coords=seg["coords"], mask=self._mask(seg))
             h = hidden[:, -self.sizes[m]:]
             ent_tokens = choose(m, h[:B], h[B:] if guided else None, cfg_scale_at(m, M, cfg_scale, cfg_schedule))
             out.append(ent_tokens)
             if m < M - 1:
                 ctx = ent_tokens if self.entity_head == "discrete" else self.token_codes(ent_tokens)
-                c = self._content(ctx).to(prefix.dtype)
+                c = self._content(ctx)
+                if self.layout == "shift":  # slot j of E_m predicts token j of E_{m+1}
+                    c = c + self.query_pos[ents[m + 1]]
+                c = c.to(prefix.dtype)
                 contents.append(torch.cat([c, c]) if guided else c)
         ordered = torch.cat(out, dim=1)  # (B, L[, C]) in generation order
         result = torch.empty_like(ordered)
