@@ -4,14 +4,15 @@
    cache vs Hugging Face ``LlamaForCausalLM.generate`` of the same width/depth/heads/SwiGLU width/vocabulary (one
    BOS token as the prefix, like our one class token; HF's default dynamic cache, SDPA attention), and vs our own
    decoding without the cache (recompute the prefix every step; ``benchmarks/sampling.py`` sweeps that one).
-2. Wall time per image on a 16×16 token grid with CFG (doubled batch): next-token vs token-shuffle s=2 vs
-   next-cell 2×2 (xAR, discrete head) in the shift layout (N = 4 tokens fed per step) and in the content+query
-   layout (2N), same backbone size, random weights (speed does not depend on training).
-3. Quality (``--runs name=DIR ...``, text-conditional models trained with the same budget on captioned shapes):
-   prompt accuracy by the shapes judge (a CNN trained on real shapes only; shape and color both right, chance
-   1/24) on ``--num-prompts`` held-out captions × ``--num-per-prompt`` samples, and FID of those samples against
-   ``--fid-real`` training images (Inception-v3 pool features through torch-fidelity's extractor; with a few
-   hundred images FID is strongly biased upward, so compare the rows with each other only).
+2. Wall time per image on a 16×16 token grid with CFG (doubled batch), at batch 1 (latency) and ``--batch``
+   (throughput): next-token vs token-shuffle s=2 vs next-cell 2×2 (xAR, discrete head) in the shift layout (N = 4
+   tokens fed per step) and in the content+query layout (2N), same backbone size, random weights (speed does not
+   depend on training).
+3. Quality (``--runs name=DIR ...``, generators trained with the same budget on captioned shapes, class- or
+   text-conditional): prompt accuracy by the shapes judge (a CNN trained on real shapes only; shape and color both
+   right, chance 1/24) on ``--num-prompts`` held-out prompts × ``--num-per-prompt`` samples, and FID/KID of those
+   samples against ``--fid-real`` training images through the harness (``vistok.metrics.fid``; with a few hundred
+   images FID is strongly biased upward, so compare the rows with each other only).
 
     python benchmarks/generation.py [--skip-quality] [--runs next_token=runs/a shuffle2=runs/b cell2=runs/c]
 """
@@ -84,18 +85,25 @@ def per_image_time(args) -> None:
     models = {"next-token (s=1)": GPT(**kw), "token-shuffle s=2": GPT(**kw, window=2),
               "next-cell 2×2 (xAR, shift layout)": XAR(**kw, entity={"name": "cell", "size": 2}, layout="shift"),
               "next-cell 2×2 (xAR, query layout)": XAR(**kw, entity={"name": "cell", "size": 2}, layout="query")}
-    labels = torch.arange(args.batch) % 10
-    print(f"\n### Wall time per image: 16×16 tokens, batch {args.batch}, CFG 2.0 (doubled batch), dim {args.dim}, "
-          f"depth {args.depth}\n")
-    print("| generator | decoding steps | s / image | speed-up vs next-token |\n|---|---|---|---|")
-    base = None
+    batches = sorted({1, args.batch})  # batch 1: latency of one image; batch B: throughput
+    print(f"\n### Wall time per image: 16×16 tokens, CFG 2.0 (doubled batch), dim {args.dim}, depth {args.depth}, "
+          f"torch threads {torch.get_num_threads()}\n")
+    print("| generator | decoding steps | " + " | ".join(f"s / image, batch {b} | speed-up" for b in batches) + " |")
+    print("|---|---|" + "---|---|" * len(batches))
+    base: dict[int, float] = {}
     for name, model in models.items():
         model.eval()
         steps = len(model.entities) if isinstance(model, XAR) else spec.length // model.window ** 2
-        sec = timed(lambda m=model: m.generate(labels, cfg_scale=2.0, generator=torch.Generator().manual_seed(0)),
-                    args.repeats) / args.batch
-        base = base or sec
-        print(f"| {name} | {steps} | {sec:.4f} | {base / sec:.2f}× |")
+        cells = []
+        for b in batches:
+            labels = torch.arange(b) % 10
+            def run(m=model, y=labels):
+                return m.generate(y, cfg_scale=2.0, generator=torch.Generator().manual_seed(0))
+
+            sec = timed(run, args.repeats) / b
+            base.setdefault(b, sec)
+            cells.append(f"{sec:.4f} | {base[b] / sec:.2f}×")
+        print(f"| {name} | {steps} | " + " | ".join(cells) + " |")
 
 
 def load_generator(path: str):
@@ -105,68 +113,49 @@ def load_generator(path: str):
 
 
 def quality(args) -> None:
-    import numpy as np
-    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
-
     from vistok.data.judge import chance_level, judge_accuracy, train_judge
-    from vistok.data.shapes import ShapesDataset
+    from vistok.data.shapes import COLORS, ShapesDataset
     from vistok.hub import load_pretrained
+    from vistok.metrics import fid
 
     runs = dict(r.split("=", 1) for r in args.runs)
     first = next(iter(runs.values()))
     tokenizer = load_pretrained(args.tokenizer or Path(first) / "tokenizer", kind="tokenizer").eval()
-    res = tokenizer.resolution
-    if args.judge_cache and Path(args.judge_cache).is_file():  # a judge trained by an earlier run of this script
-        from vistok.data.judge import ShapesJudge
-
-        saved = torch.load(args.judge_cache)
-        judge = ShapesJudge()
-        judge.load_state_dict(saved["state"])
-        judge.eval()
-        judge_held = saved["held_out"]
-    else:
-        judge, judge_held = train_judge(resolution=res, steps=args.judge_steps, train_size=args.judge_train,
-                                        held_out_size=500, progress=False)
-        if args.judge_cache:
-            torch.save({"state": judge.state_dict(), "held_out": judge_held}, args.judge_cache)
-    held = ShapesDataset(resolution=res, size=args.num_prompts, seed=4242)
+    res, rotate = tokenizer.resolution, not args.upright
+    judge, judge_held = train_judge(resolution=res, steps=args.judge_steps, train_size=args.judge_train,
+                                    held_out_size=500, progress=False, rotate=rotate)
+    held = ShapesDataset(resolution=res, size=args.num_prompts, seed=4242, rotate=rotate)
     prompts = [held[i] for i in range(len(held))]
-    real = ShapesDataset(resolution=res, size=args.fid_real, seed=0)
-    extractor = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
-                                            feature_extractor_weights_path=args.fid_weights).eval()
-
-    def features(images: torch.Tensor) -> np.ndarray:
-        u8 = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        with torch.no_grad():
-            return torch.cat([extractor(u8[i:i + 50])[0] for i in range(0, len(u8), 50)]).double().numpy()
-
-    real_stats = fid_features_to_statistics(torch.from_numpy(features(torch.stack([real[i]["image"]
-                                                                                  for i in range(len(real))]))))
-    print(f"\n### Quality on captioned shapes ({res}×{res}): {len(prompts)} held-out captions × {args.num_per_prompt} "
-          f"samples, CFG {args.cfg_scale}; judge held-out accuracy {judge_held['both']:.3f} (chance "
-          f"{chance_level():.3f}); FID vs {args.fid_real} training images\n")
-    print("| generator | steps/image | prompt acc. (shape+color) | shape acc. | color acc. | FID | s / image |")
-    print("|---|---|---|---|---|---|---|")
+    real = torch.stack([it["image"] for it in ShapesDataset(resolution=res, size=args.fid_real, seed=0,
+                                                            rotate=rotate)])
+    print(f"\n### Quality on captioned shapes ({res}×{res}, {'upright' if args.upright else 'rotated'}): "
+          f"{len(prompts)} held-out prompts × {args.num_per_prompt} samples, CFG {args.cfg_scale}, temperature "
+          f"{args.temperature}; judge held-out accuracy {judge_held['both']:.3f} (chance {chance_level():.3f}); "
+          f"FID/KID vs {args.fid_real} training images (vistok.metrics.fid, Inception '{args.inception}')\n")
+    print("| generator | steps/image | prompt acc. (shape+color) | shape acc. | color acc. | FID | KID ×10³ | "
+          "s / image |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, path in runs.items():
         gen = load_generator(path)
-        captions = [p["caption"] for p in prompts for _ in range(args.num_per_prompt)]
+        # text-conditional models get the held-out captions, class-conditional ones their class labels
+        conditions = [p["caption"] if gen.conditions_on_text else p["shape"] * len(COLORS) + p["color"]
+                      for p in prompts for _ in range(args.num_per_prompt)]
         t0 = time.perf_counter()
         images = []
-        for i in range(0, len(captions), args.batch):
-            tok = gen.generate(captions[i:i + args.batch], cfg_scale=args.cfg_scale,
-                               generator=torch.Generator().manual_seed(i))
+        for i in range(0, len(conditions), args.batch):
+            chunk = conditions[i:i + args.batch]
+            tok = gen.generate(chunk if gen.conditions_on_text else torch.tensor(chunk), cfg_scale=args.cfg_scale,
+                               temperature=args.temperature, generator=torch.Generator().manual_seed(i))
             images.append(tokenizer.decode(tok))
-        sec = (time.perf_counter() - t0) / len(captions)
+        sec = (time.perf_counter() - t0) / len(conditions)
         images = torch.cat(images)
         shapes = [p["shape"] for p in prompts for _ in range(args.num_per_prompt)]
         colors = [p["color"] for p in prompts for _ in range(args.num_per_prompt)]
         acc = judge_accuracy(judge, images, shapes, colors)
-        fid = fid_statistics_to_metric(fid_features_to_statistics(torch.from_numpy(features(images))), real_stats,
-                                       verbose=False)["frechet_inception_distance"]
+        m = fid(images, real, inception=args.inception, metrics=("fid", "kid"), resolution=res, progress=False)
         steps = len(gen.entities) if isinstance(gen, XAR) else gen.spec.length // gen.window ** 2
-        print(f"| {name} | {steps} | {acc['both']:.3f} | {acc['shape']:.3f} | {acc['color']:.3f} | {fid:.1f} | "
-              f"{sec:.3f} |")
+        print(f"| {name} | {steps} | {acc['both']:.3f} | {acc['shape']:.3f} | {acc['color']:.3f} | {m['fid']:.1f} | "
+              f"{1e3 * m['kid']:.1f} | {sec:.3f} |", flush=True)
         if args.grid_dir:
             from vistok.data.imageio import save_grid
 
@@ -189,10 +178,11 @@ def main() -> None:
     p.add_argument("--num-per-prompt", type=int, default=5)
     p.add_argument("--cfg-scale", type=float, default=3.0)
     p.add_argument("--fid-real", type=int, default=480)
-    p.add_argument("--fid-weights", default=None, help="Inception weights file for torch-fidelity (offline)")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--upright", action="store_true", help="upright shapes (the demo's data: rotate=False)")
+    p.add_argument("--inception", default="auto", help="auto | download | packaged | <path> (docs/evaluation.md)")
     p.add_argument("--judge-steps", type=int, default=300)
     p.add_argument("--judge-train", type=int, default=4000)
-    p.add_argument("--judge-cache", default=None, help="file to save the trained judge to / load it from")
     p.add_argument("--grid-dir", default=None)
     args = p.parse_args()
     if not args.skip_speed:
