@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
 from vistok.hub import PretrainedModel
 from vistok.spec import TokenSpec
@@ -58,3 +59,17 @@ class Tokenizer(PretrainedModel):
             raise ValueError(f"this tokenizer takes {self.resolution}×{self.resolution} images, "
                              f"got {images.shape[-2]}×{images.shape[-1]}; resize them first "
                              "(vistok.data uses an ADM-style center crop)")
+
+
+RECON_LOSSES = ("mse", "l1")
+
+
+def check_recon_loss(name: str) -> str:
+    if name not in RECON_LOSSES:
+        raise ValueError(f"recon_loss must be one of {RECON_LOSSES}, got {name!r}")
+    return name
+
+
+def pixel_loss(reconstruction: torch.Tensor, images: torch.Tensor, name: str) -> torch.Tensor:
+    """The reconstruction loss every tokenizer trains with: mean squared ("mse") or absolute ("l1") error."""
+    return F.mse_loss(reconstruction, images) if name == "mse" else F.l1_loss(reconstruction, images)

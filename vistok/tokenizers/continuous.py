@@ -21,7 +21,6 @@ import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -30,8 +29,8 @@ from tqdm.auto import tqdm
 from vistok.errors import ConfigError
 from vistok.registry import build, register
 from vistok.spec import TokenSpec
-from vistok.tokenizers.base import Tokenizer, TokenizerOutput
-from vistok.tokenizers.conv_nets import Decoder, Encoder
+from vistok.tokenizers.base import Tokenizer, TokenizerOutput, check_recon_loss, pixel_loss
+from vistok.tokenizers.conv_nets import Decoder, Encoder, conv_net_options
 
 
 @register("tokenizer", "kl_ae")
@@ -48,14 +47,9 @@ class KLAutoencoder(Tokenizer):
         if quantizer["dim"] != latent_dim:
             raise ConfigError(f"kl_ae: quantizer.dim={quantizer['dim']} differs from latent_dim={latent_dim}")
         self.resolution, self.latent_dim, self.kl_weight = resolution, latent_dim, kl_weight
-        self.downsample = 2 ** (len(channel_mult) - 1)
-        if resolution % self.downsample:
-            raise ValueError(f"resolution {resolution} is not divisible by the downsampling factor {self.downsample}")
-        if recon_loss not in ("mse", "l1"):
-            raise ConfigError(f"kl_ae: recon_loss must be 'mse' or 'l1', got {recon_loss!r}")
-        self.recon_loss, self.recon_weight = recon_loss, recon_weight
-        net = dict(channels=channels, channel_mult=tuple(channel_mult), num_res_blocks=num_res_blocks,
-                   z_channels=z_channels, mid_attention=mid_attention, dropout=dropout)
+        self.recon_loss, self.recon_weight = check_recon_loss(recon_loss), recon_weight
+        net, self.downsample = conv_net_options(resolution, channels, channel_mult, num_res_blocks, z_channels,
+                                                mid_attention, dropout)
         self.encoder = Encoder(**net)
         self.moments_proj = nn.Conv2d(z_channels, 2 * latent_dim, 1)  # mean and log-variance
         self.post_quant_proj = nn.Conv2d(latent_dim, z_channels, 1)
@@ -108,7 +102,7 @@ class KLAutoencoder(Tokenizer):
         mean, logvar = self.posterior(images)
         latents = mean + torch.randn_like(mean) * (0.5 * logvar).exp() if self.training else mean
         recon = self.decode_latents(latents)
-        pixel = F.mse_loss(recon, images) if self.recon_loss == "mse" else F.l1_loss(recon, images)
+        pixel = pixel_loss(recon, images, self.recon_loss)
         # KL(N(μ, σ²) ‖ N(0, 1)) summed over the latent, per image, divided by the number of pixel values
         kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=(1, 2)).mean() / images[0].numel()
         losses = {"recon": self.recon_weight * pixel, "kl": self.kl_weight * kl}

@@ -12,14 +12,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
 from vistok.registry import build, register
 from vistok.spec import TokenSpec
-from vistok.tokenizers.base import Tokenizer, TokenizerOutput
-from vistok.tokenizers.conv_nets import Decoder, Encoder
+from vistok.tokenizers.base import Tokenizer, TokenizerOutput, check_recon_loss, pixel_loss
+from vistok.tokenizers.conv_nets import Decoder, Encoder, conv_net_options
 
 CONV_SIZES: dict[str, dict[str, Any]] = {
     # LlamaGen's VQ-16 (f16, 72M): ch 128, mult (1,1,2,2,4), z 256, codebook 16384 × 8.
@@ -36,14 +35,9 @@ class ConvTokenizer(Tokenizer):
         super().__init__()
         quantizer = dict(quantizer or {"name": "vq", "codebook_size": 16384, "code_dim": 8})
         self.resolution = resolution
-        self.downsample = 2 ** (len(channel_mult) - 1)
-        if resolution % self.downsample:
-            raise ValueError(f"resolution {resolution} is not divisible by the downsampling factor {self.downsample}")
-        if recon_loss not in ("mse", "l1"):
-            raise ValueError(f"recon_loss must be 'mse' or 'l1', got {recon_loss!r}")
-        self.recon_loss, self.recon_weight = recon_loss, recon_weight
-        net = dict(channels=channels, channel_mult=tuple(channel_mult), num_res_blocks=num_res_blocks,
-                   z_channels=z_channels, mid_attention=mid_attention, dropout=dropout)
+        self.recon_loss, self.recon_weight = check_recon_loss(recon_loss), recon_weight
+        net, self.downsample = conv_net_options(resolution, channels, channel_mult, num_res_blocks, z_channels,
+                                                mid_attention, dropout)
         self.encoder = Encoder(**net)
         self.quantizer = build("quantizer", quantizer)
         self.quant_proj = nn.Conv2d(z_channels, self.quantizer.code_dim, 1)
@@ -87,6 +81,6 @@ class ConvTokenizer(Tokenizer):
     def forward(self, images: torch.Tensor) -> TokenizerOutput:
         q, _ = self._quantize(images)
         recon = self._decode_codes(q.quantized)
-        pixel = F.mse_loss(recon, images) if self.recon_loss == "mse" else F.l1_loss(recon, images)
+        pixel = pixel_loss(recon, images, self.recon_loss)
         losses = {"recon": self.recon_weight * pixel, **q.losses}
         return TokenizerOutput(recon, losses, q.stats, q.indices)

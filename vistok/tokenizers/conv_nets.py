@@ -99,3 +99,16 @@ class Decoder(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.up(self.mid(self.conv_in(z)))
         return self.conv_out(F.silu(self.norm_out(h)))
+
+
+
+def conv_net_options(resolution: int, channels: int, channel_mult: tuple[int, ...] | list[int], num_res_blocks: int,
+                     z_channels: int, mid_attention: bool, dropout: float) -> tuple[dict, int]:
+    """The keyword arguments of the :class:`Encoder`/:class:`Decoder` pair the 2D conv tokenizers share, and its
+    downsampling factor 2^(len(channel_mult) − 1), which must divide the resolution."""
+    downsample = 2 ** (len(channel_mult) - 1)
+    if resolution % downsample:
+        raise ValueError(f"resolution {resolution} is not divisible by the downsampling factor {downsample}")
+    net = dict(channels=channels, channel_mult=tuple(channel_mult), num_res_blocks=num_res_blocks,
+               z_channels=z_channels, mid_attention=mid_attention, dropout=dropout)
+    return net, downsample

@@ -49,7 +49,7 @@ from vistok.errors import ConfigError
 from vistok.registry import build, register
 from vistok.spec import TokenSpec
 from vistok.tokenizers.base import Tokenizer, TokenizerOutput
-from vistok.tokenizers.conv_nets import Decoder, Encoder
+from vistok.tokenizers.conv_nets import Decoder, Encoder, conv_net_options
 
 # ---- teachers: (B, 3, H, W) images in [-1, 1] → (B, C, h, w) feature maps, frozen -----------------------------
 
@@ -164,9 +164,8 @@ class DualCodebookTokenizer(Tokenizer):
         if quantizer.get("name") != "dual":
             raise ConfigError(f"dual tokenizer: the quantizer must be 'dual', got {quantizer.get('name')!r}")
         self.resolution = resolution
-        self.downsample = 2 ** (len(channel_mult) - 1)
-        if resolution % self.downsample:
-            raise ValueError(f"resolution {resolution} is not divisible by the downsampling factor {self.downsample}")
+        net, self.downsample = conv_net_options(resolution, channels, channel_mult, num_res_blocks, z_channels,
+                                                mid_attention, dropout)
         self.recon_weight, self.distill_weight = recon_weight, distill_weight
         # Not a registered submodule: frozen, rebuilt from config, kept out of the saved weights and the optimizer.
         self.__dict__["teacher"] = build_teacher(teacher or {"name": "fid_inception"})
@@ -176,8 +175,6 @@ class DualCodebookTokenizer(Tokenizer):
 
         self.quantizer = build("quantizer", quantizer)
         sem_dim, pix_dim = self.quantizer.semantic_dim, self.quantizer.pixel_dim
-        net = dict(channels=channels, channel_mult=tuple(channel_mult), num_res_blocks=num_res_blocks,
-                   z_channels=z_channels, mid_attention=mid_attention, dropout=dropout)
         self.pixel_encoder = Encoder(**net)
         self.pixel_proj = nn.Conv2d(z_channels, pix_dim, 1)
         self.post_quant_proj = nn.Conv2d(pix_dim, z_channels, 1)

@@ -25,7 +25,6 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from timm.models.vision_transformer import Block
 from torch import nn
@@ -33,7 +32,7 @@ from torch import nn
 from vistok.metrics.recon import psnr, ssim, to_unit_range
 from vistok.registry import build, register
 from vistok.spec import TokenSpec
-from vistok.tokenizers.base import Tokenizer, TokenizerOutput
+from vistok.tokenizers.base import Tokenizer, TokenizerOutput, check_recon_loss, pixel_loss
 
 # ViT sizes by name. small/base/large: TiTok's table (MLP ratio 4, pre-norm). micro/tiny: for CPU tests and demos.
 VIT_SIZES: dict[str, dict[str, int]] = {
@@ -146,10 +145,8 @@ class ViT1DTokenizer(Tokenizer):
             raise ValueError(f"resolution {resolution} is not divisible by patch_size {patch_size}")
         if num_tokens < 1:
             raise ValueError(f"num_tokens must be >= 1, got {num_tokens}")
-        if recon_loss not in ("mse", "l1"):
-            raise ValueError(f"recon_loss must be 'mse' or 'l1', got {recon_loss!r}")
         self.resolution, self.patch_size, self.num_tokens = resolution, patch_size, num_tokens
-        self.recon_loss, self.recon_weight = recon_loss, recon_weight
+        self.recon_loss, self.recon_weight = check_recon_loss(recon_loss), recon_weight
         enc, dec = vit_size(encoder_size, "encoder"), vit_size(decoder_size, "decoder")
         self.encoder = ViT1DEncoder(resolution, patch_size, num_tokens, **enc)
         self.quantizer = build("quantizer", dict(quantizer or {"name": "vq", "codebook_size": 4096, "code_dim": 12}))
@@ -208,7 +205,7 @@ class ViT1DTokenizer(Tokenizer):
     def forward(self, images: torch.Tensor) -> TokenizerOutput:
         q = self._quantize(images)
         recon = self._decode_latents(self.post_quant_proj(q.quantized))
-        pixel = F.mse_loss(recon, images) if self.recon_loss == "mse" else F.l1_loss(recon, images)
+        pixel = pixel_loss(recon, images, self.recon_loss)
         losses = {"recon": self.recon_weight * pixel, **q.losses}
         stats = dict(q.stats)
         reg = self.prefix_regularizer
