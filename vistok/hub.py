@@ -10,6 +10,7 @@ weights before config).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -23,6 +24,15 @@ from safetensors.torch import load_file
 
 from vistok.errors import CheckpointError
 from vistok.registry import lookup
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """sha256 hex digest of a file, read in chunks (weights files identify models, caches and Inceptions)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 __all__ = ["CheckpointError", "PretrainedModel", "load_pretrained", "load_state_dict_strict", "read_config"]
 

@@ -15,15 +15,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from vistok.hub import WEIGHTS_NAME
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+from vistok.hub import WEIGHTS_NAME, file_sha256
 
 
 class TokenDataset(Dataset):

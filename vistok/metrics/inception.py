@@ -20,7 +20,6 @@ The packaged TorchScript is located with ``importlib.util.find_spec`` without im
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import logging
 import os
@@ -37,6 +36,7 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_featur
 from torch_fidelity.utils import create_feature_extractor
 
 from vistok.errors import ConfigError
+from vistok.hub import file_sha256
 
 logger = logging.getLogger("vistok.metrics")
 
@@ -51,12 +51,7 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("VISTOK_CACHE") or Path.home() / ".cache" / "vistok")
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+sha256_file = file_sha256  # the name tests and callers use here
 
 
 class FeatureExtractorInceptionV3NoFC(FeatureExtractorInceptionV3):
