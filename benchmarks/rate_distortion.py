@@ -189,15 +189,21 @@ def plot(results: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
-    for ax, key in zip(axes, ("psnr", "ssim")):
-        for label, rows in results["tokenizers"].items():
-            ax.plot([r["bytes"] for r in rows], [r[key] for r in rows], "o-", ms=3, label=f"vistok: {label}")
-        for codec, rows in results["codecs"].items():
-            ax.plot([r["bytes"] for r in rows], [r[key] for r in rows], "s--", ms=4, label=f"Pillow {codec}")
+    curves = {**{f"vistok: {k}": (v, "o-", 3) for k, v in results["tokenizers"].items()},
+              **{f"Pillow {k}": (v, "s--", 4) for k, v in results["codecs"].items()}}
+    keys = ["psnr", "ssim"]
+    if any("rfid" in r for rows, _, _ in curves.values() for r in rows):
+        keys.append("rfid")  # a third panel when --rfid-ks measured rFID (only the measured points are drawn)
+    names = {"psnr": "PSNR (dB)", "ssim": "SSIM", "rfid": "rFID (lower is better)"}
+    fig, axes = plt.subplots(1, len(keys), figsize=(6.5 * len(keys), 5))
+    for ax, key in zip(axes, keys):
+        for label, (rows, style, ms) in curves.items():
+            pts = [(r["bytes"], r[key]) for r in rows if key in r]
+            if pts:
+                ax.plot(*zip(*pts), style, ms=ms, label=label)
         ax.set_xscale("log")
         ax.set_xlabel("bytes per image (log scale)")
-        ax.set_ylabel("PSNR (dB)" if key == "psnr" else "SSIM")
+        ax.set_ylabel(names[key])
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle(f"{results['num_images']} images, {results['resolution']}×{results['resolution']} center crop "
