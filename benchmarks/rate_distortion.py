@@ -78,19 +78,21 @@ def quality(reference: torch.Tensor, images: torch.Tensor) -> tuple[torch.Tensor
     return psnr(x, y), ssim(x, y)
 
 
-def reconstruction_fid(reference: torch.Tensor, images: torch.Tensor, inception: Any) -> dict[str, float]:
+def reconstruction_fid(reference: torch.Tensor, images: torch.Tensor, inception: Any,
+                       cache_dir: Path | None = None) -> dict[str, float]:
     """rFID and rKID of ``images`` against the ``reference`` images they reconstruct, through the harness
-    (``vistok.metrics.fid``, both sides at the reference's resolution); ``inception`` is a resolved choice."""
+    (``vistok.metrics.fid``, both sides at the reference's resolution); ``inception`` is a resolved choice. With
+    ``cache_dir`` the reference's Inception features are computed once and reused (cached by content hash)."""
     from vistok.metrics import fid
 
     m = fid(images, reference, inception=inception, metrics=("fid", "kid"), resolution=int(reference.shape[-1]),
-            use_cache=False, progress=False)
+            cache_dir=cache_dir, use_cache=cache_dir is not None, progress=False)
     return {"rfid": float(m["fid"]), "rkid": float(m["kid"])}
 
 
 @torch.no_grad()
 def tokenizer_curve(model: Any, images: torch.Tensor, batch_size: int, rfid_ks: set[int] | None = None,
-                    inception: Any = None) -> list[dict[str, float]]:
+                    inception: Any = None, cache_dir: Path | None = None) -> list[dict[str, float]]:
     """PSNR/SSIM (and rFID/rKID at the prefix lengths in ``rfid_ks``) of decoding every prefix length 1..K."""
     spec = model.token_spec
     tokens = torch.cat([model.encode(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
@@ -100,12 +102,12 @@ def tokenizer_curve(model: Any, images: torch.Tensor, batch_size: int, rfid_ks: 
         p, s = quality(images, rec)
         rows.append({"k": k, "bytes": spec.bits_per_image(k) / 8, "psnr": float(p.mean()), "ssim": float(s.mean())})
         if rfid_ks and k in rfid_ks:
-            rows[-1].update(reconstruction_fid(images, rec, inception))
+            rows[-1].update(reconstruction_fid(images, rec, inception, cache_dir))
     return rows
 
 
 def codec_curve(images: torch.Tensor, fmt: str, qualities: tuple[int, ...],
-                inception: Any = None) -> list[dict[str, float]]:
+                inception: Any = None, cache_dir: Path | None = None) -> list[dict[str, float]]:
     pixels = tensor_to_uint8(images).numpy()
     rows = []
     for q in tqdm(qualities, desc=fmt, leave=False):
@@ -121,7 +123,7 @@ def codec_curve(images: torch.Tensor, fmt: str, qualities: tuple[int, ...],
         p, s = quality(images, rec)
         rows.append({"quality": q, "bytes": float(np.mean(sizes)), "psnr": float(p.mean()), "ssim": float(s.mean())})
         if inception is not None:
-            rows[-1].update(reconstruction_fid(images, rec, inception))
+            rows[-1].update(reconstruction_fid(images, rec, inception, cache_dir))
     return rows
 
 
@@ -343,9 +345,10 @@ def main(argv: list[str] | None = None) -> int:
         inception = resolve_inception(args.inception)
         results["feature_extractor"] = inception.to_dict()  # which Inception computed the rFID columns
     for label, model in models.items():
-        results["tokenizers"][label] = tokenizer_curve(model, images, args.batch_size, set(args.rfid_ks), inception)
-    results["codecs"]["JPEG"] = codec_curve(images, "JPEG", JPEG_QUALITIES, inception)
-    results["codecs"]["WebP"] = codec_curve(images, "WEBP", WEBP_QUALITIES, inception)
+        results["tokenizers"][label] = tokenizer_curve(model, images, args.batch_size, set(args.rfid_ks), inception,
+                                                       out / "fid_cache")
+    results["codecs"]["JPEG"] = codec_curve(images, "JPEG", JPEG_QUALITIES, inception, out / "fid_cache")
+    results["codecs"]["WebP"] = codec_curve(images, "WEBP", WEBP_QUALITIES, inception, out / "fid_cache")
     summary = [line for label, rows in results["tokenizers"].items()
                for line in compare(label, rows, results["codecs"])]
     results["summary"] = summary
