@@ -106,8 +106,10 @@ def tokenizer_curve(model: Any, images: torch.Tensor, batch_size: int, rfid_ks: 
     return rows
 
 
-def codec_curve(images: torch.Tensor, fmt: str, qualities: tuple[int, ...],
-                inception: Any = None, cache_dir: Path | None = None) -> list[dict[str, float]]:
+def codec_curve(images: torch.Tensor, fmt: str, qualities: tuple[int, ...], inception: Any = None,
+                cache_dir: Path | None = None, rfid_qualities: set[int] | None = None) -> list[dict[str, float]]:
+    """Encode every image at each quality; mean file size (bytes), PSNR, SSIM, and with ``inception`` rFID/rKID
+    (at every quality, or only those in ``rfid_qualities``)."""
     pixels = tensor_to_uint8(images).numpy()
     rows = []
     for q in tqdm(qualities, desc=fmt, leave=False):
@@ -122,7 +124,7 @@ def codec_curve(images: torch.Tensor, fmt: str, qualities: tuple[int, ...],
         rec = uint8_to_tensor(np.stack(decoded))
         p, s = quality(images, rec)
         rows.append({"quality": q, "bytes": float(np.mean(sizes)), "psnr": float(p.mean()), "ssim": float(s.mean())})
-        if inception is not None:
+        if inception is not None and (rfid_qualities is None or q in rfid_qualities):
             rows[-1].update(reconstruction_fid(images, rec, inception, cache_dir))
     return rows
 
@@ -311,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the machine may be shared)")
     parser.add_argument("--rfid-ks", type=int, nargs="*", default=[],
                         help="prefix lengths k at which to also compute rFID/rKID (and for every codec quality)")
+    parser.add_argument("--rfid-codec-qualities", type=int, nargs="*", default=None,
+                        help="with --rfid-ks: the codec qualities to compute rFID at (default: every one)")
     parser.add_argument("--inception", default="auto", help="auto | download | packaged | <path> (docs/evaluation.md)")
     parser.add_argument("--out", default="runs/rate_distortion")
     parser.add_argument("--make-split", metavar="DIR", help="write a train/held-out symlink split of --data and exit")
@@ -347,8 +351,9 @@ def main(argv: list[str] | None = None) -> int:
     for label, model in models.items():
         results["tokenizers"][label] = tokenizer_curve(model, images, args.batch_size, set(args.rfid_ks), inception,
                                                        out / "fid_cache")
-    results["codecs"]["JPEG"] = codec_curve(images, "JPEG", JPEG_QUALITIES, inception, out / "fid_cache")
-    results["codecs"]["WebP"] = codec_curve(images, "WEBP", WEBP_QUALITIES, inception, out / "fid_cache")
+    rfid_qualities = set(args.rfid_codec_qualities) if args.rfid_codec_qualities is not None else None
+    for name, fmt, qualities in (("JPEG", "JPEG", JPEG_QUALITIES), ("WebP", "WEBP", WEBP_QUALITIES)):
+        results["codecs"][name] = codec_curve(images, fmt, qualities, inception, out / "fid_cache", rfid_qualities)
     summary = [line for label, rows in results["tokenizers"].items()
                for line in compare(label, rows, results["codecs"])]
     results["summary"] = summary
