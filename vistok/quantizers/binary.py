@@ -11,9 +11,11 @@ Instella's ``Linear(768 → 64)``):
 - auxiliary loss ``mean(p · (1 − p))``, which pushes the probabilities toward 0 or 1.
 
 Deviations, because the paper's values are not in the released code (marked UNVERIFIED in the note): the weight of
-the p(1 − p) loss is ``aux_weight`` (default 0.1, our choice); the paper anneals τ during training, the schedule is
-unknown, so τ is fixed here (set ``temperature`` per run). Tokens are (B, N, K) in {0, 1}: TokenSpec kind "bits",
-so a generator models the K bits directly instead of a softmax over 2^K.
+the p(1 − p) loss is ``aux_weight`` (default 0.01, our choice: at 0.1 the bits saturated within ~300 steps on
+ImageNet at 64×64 — mean p(1 − p) 1e-4, so the straight-through gradient p(1 − p) vanished and the encoder stopped
+learning: 12.4 dB at every prefix; at 0.01 it stays ~0.05 and the loss keeps falling); the paper anneals τ during
+training, the schedule is unknown, so τ is fixed here (set ``temperature`` per run). Tokens are (B, N, K) in
+{0, 1}: TokenSpec kind "bits", so a generator models the K bits directly instead of a softmax over 2^K.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ class BinaryQuantizer(Quantizer):
     codes_are_fixed_points = False
 
     def __init__(self, num_bits: int = 64, embed_dim: int = 64, temperature: float = 0.1,
-                 aux_weight: float = 0.1) -> None:
+                 aux_weight: float = 0.01) -> None:
         super().__init__()
         if num_bits < 1 or embed_dim < 1:
             raise ValueError(f"binary quantizer needs num_bits >= 1 and embed_dim >= 1, got {num_bits}, {embed_dim}")
