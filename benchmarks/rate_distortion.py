@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target-psnr", type=float, nargs="*", default=[15.0, 17.0, 19.0])
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the machine may be shared)")
     parser.add_argument("--rfid-ks", type=int, nargs="*", default=[],
-                        help="prefix lengths k at which to also compute rFID/rKID (and for every codec quality)")
+                        help="prefix lengths k at which to also compute rFID/rKID (+ codec qualities: below)")
     parser.add_argument("--rfid-codec-qualities", type=int, nargs="*", default=None,
                         help="with --rfid-ks: the codec qualities to compute rFID at (default: every one)")
     parser.add_argument("--inception", default="auto", help="auto | download | packaged | <path> (docs/evaluation.md)")
