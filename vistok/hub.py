@@ -41,7 +41,7 @@ WEIGHTS_NAME = "model.safetensors"
 CONFIG_VERSION = 1
 
 
-class PretrainedModel(torch.nn.Module, PyTorchModelHubMixin, library_name="vistok", repo_url="https://github.com/vistok/vistok"):
+class PretrainedModel(torch.nn.Module, PyTorchModelHubMixin, library_name="vistok"):
     """Base of every saveable vistok model (tokenizers and generators)."""
 
     def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> None:  # type: ignore[override]

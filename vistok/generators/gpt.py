@@ -82,9 +82,6 @@ def rope_coords(spec: TokenSpec, num_prefix: int, window: int = 1) -> torch.Tens
     return torch.cat([prefix, tokens]).long()
 
 
-Block = TransformerBlock  # the Llama pre-norm block (vistok.layers.block)
-
-
 @register("generator", "gpt")
 class GPT(PretrainedModel):
     """Class-conditional autoregressive generator over any TokenSpec that has a head.
@@ -115,7 +112,7 @@ class GPT(PretrainedModel):
         self.window = int(window)
         self.shuffle = TokenShuffle(dim, self.window) if self.window > 1 else None
         self.drop = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(Block(dim, heads, dropout) for _ in range(depth))
+        self.blocks = nn.ModuleList(TransformerBlock(dim, heads, dropout) for _ in range(depth))
         self.norm = RMSNorm(dim)
         self.rope = RoPE(dim // heads, n_axes=2 if self.spec.layout == "grid" else 1)
         # (P + L, n_axes) integer coordinates; an int buffer, so .to(dtype) leaves it alone; not saved.

@@ -114,19 +114,6 @@ class KLAutoencoder(Tokenizer):
 
 
 @torch.no_grad()
-def dataset_latents(ae: KLAutoencoder, dataset: Dataset, *, num_images: int | None = None, batch_size: int = 64,
-                    device: torch.device | str = "cpu", progress: bool = True) -> torch.Tensor:
-    """Posterior means of a dataset's images, (M, N, D) on the CPU."""
-    if num_images is not None and num_images < len(dataset):
-        dataset = Subset(dataset, range(num_images))
-    ae = ae.to(device).eval()
-    out = []
-    for batch in tqdm(DataLoader(dataset, batch_size=batch_size), desc="latents", disable=not progress):
-        out.append(ae.encode_latents(batch["image"].to(device)).cpu())
-    return torch.cat(out)
-
-
-@torch.no_grad()
 def post_training_quantize(ae: KLAutoencoder, latents: torch.Tensor, num_bins: int,
                            **quantizer_options: Any) -> KLAutoencoder:
     """TokenBridge's post-training step: a copy of ``ae`` whose dimension-wise quantizer has ``num_bins`` bins and
