@@ -1,7 +1,7 @@
 """How big is a real FID difference? FID/KID between two random halves of a real image set (sampling noise only)
 vs FID/KID between the set and its JPEG-quality-10 copy (a visible degradation), at one evaluation resolution.
 
-    python benchmarks/fid_halves_vs_jpeg.py --data ../shared/data/imagenet-sample --resolution 64 \
+    python benchmarks/fid_halves_vs_jpeg.py --data /path/to/imagenet-sample --resolution 64 \
         --out runs/eval/halves_vs_jpeg.json
 
 Images: ADM center crop to R×R (as every vistok data path), uint8; the JPEG copy re-encodes those R×R images with

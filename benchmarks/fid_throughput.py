@@ -1,7 +1,7 @@
 """Feature-extraction throughput (images/s) of the harness vs a direct torch-fidelity call on the same image files,
 in one run, with the same extractor instance (the same Inception weights).
 
-    python benchmarks/fid_throughput.py --data ../shared/data/imagenet-sample --num-images 64 --resolution 64
+    python benchmarks/fid_throughput.py --data /path/to/imagenet-sample --num-images 64 --resolution 64
 
 The images are first written as R×R PNGs into a temporary folder (ADM center crop), so both paths decode the same
 files. "harness" = ``FolderImages`` (decode check of every file, skip/resize bookkeeping, content hash) +

@@ -304,7 +304,7 @@ def overfit_evidence(images: torch.Tensor, config: str, steps: int, out: Path) -
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default="../shared/data/imagenet-sample", help="ImageFolder-layout image folder")
+    parser.add_argument("--data", required=True, help="ImageFolder-layout image folder (e.g. ImageNet val)")
     parser.add_argument("--model", action="append", default=[], help="label=run_dir of a trained vit1d tokenizer")
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--num-images", type=int, default=None)

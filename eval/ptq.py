@@ -2,7 +2,7 @@
 latents (no gradient, no retraining), report reconstruction PSNR/SSIM of the continuous autoencoder vs its PTQ
 versions, and save one PTQ version as an ordinary tokenizer.
 
-    python eval/ptq.py --autoencoder runs/klae_f8_imagenet64 --data ../shared/data/imagenet-sample \
+    python eval/ptq.py --autoencoder runs/klae_f8_imagenet64 --data /path/to/imagenet-sample \
         --bins 4 8 16 32 64 --save-bins 64 --out runs/klae_f8_imagenet64_ptq
 
 Writes ``<out>/ptq.json`` (one row per B) and, with ``--save-bins B``, the tokenizer to ``<out>/tokenizer``.

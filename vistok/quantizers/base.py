@@ -1,6 +1,6 @@
 """The quantizer interface every quantizer implements (one file per quantizer, one return type for all).
 
-Layout is fixed once (style principle 3): quantizers take channel-last latents ``z`` of shape (B, N, D) and
+Layout is fixed once, never inferred from ``ndim``: quantizers take channel-last latents ``z`` of shape (B, N, D) and
 return a :class:`QuantizerOutput` whose ``indices`` are int64 (B, N) for one codebook or (B, N, C) for C
 codebooks/groups/bits/dimensions. Tokenizers own the image ↔ sequence reshape.
 """

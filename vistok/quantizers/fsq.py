@@ -1,6 +1,6 @@
 """Finite scalar quantization (Mentzer et al. 2023, "Finite Scalar Quantization: VQ-VAE Made Simple"), with the
-bounding FlexTok uses (apple/ml-flextok ``regularizers/quantize_fsq.py``, as described in
-../shared/notes/tokenizers-1d.md §3b).
+bounding FlexTok uses (Bachmann et al. 2025, "FlexTok", arXiv 2502.13967; apple/ml-flextok
+``regularizers/quantize_fsq.py``).
 
 Each of the D = len(levels) channels is squashed to a bounded range and rounded to one of L_d levels; the implicit
 codebook is the product grid, ∏ L_d entries (FlexTok's [8, 8, 8, 5, 5, 5] → 64,000). Per channel:

@@ -1,5 +1,5 @@
 """Prefix regularizers for 1D tokenizers: train the decoder on truncated token sequences so that any prefix of
-the tokens decodes to a (coarser) image. Two mechanisms, per ../shared/notes/tokenizers-1d.md:
+the tokens decodes to a (coarser) image. Two mechanisms, as their papers and code define them:
 
 - :class:`TailTokenDrop` (One-D-Piece, arXiv 2501.10064): in training keep the first k tokens, k ~ U{1..K}, **one
   k per batch** (``torch.randint(1, K + 1)``, the fixed off-by-one), and *remove* the tail: the decoder runs on a

@@ -1,6 +1,7 @@
 """1D tokenizer (TiTok, Yu et al., NeurIPS 2024, arXiv 2406.07550; single-stage variant with an RGB head), with
 the prefix regularizers of One-D-Piece (tail token drop) and FlexTok (nested dropout) and any registered quantizer
-(VQ, FSQ, Instella-T2I's binary latents). Mechanisms as in ../shared/notes/tokenizers-1d.md.
+(VQ, FSQ, Instella-T2I's binary latents). Reference code: bytedance/1d-tokenizer (TiTok), One-D-Piece's release,
+apple/ml-flextok, AMD-AIG-AIMA/Instella-T2I.
 
 Encoder: conv patch embed (k = s = patch) → [cls | P patches | K learnable latent tokens] with learned positional
 embeddings (latents: their own table, init scale W^-0.5) → ln_pre → timm ViT blocks → keep the last K outputs →
@@ -15,7 +16,7 @@ single-stage head).
 Deviations from the papers (on purpose, CPU-sized): the loss is pixel MSE (or L1) + the quantizer's losses; TiTok's
 LPIPS/ConvNeXt perceptual term, hinge GAN and LeCam are not included (no two-stage proxy-code training either).
 FlexTok's encoder/decoder are a causal-register Transformer and a rectified-flow decoder over VAE latents; here
-FlexTok contributes only its FSQ and nested dropout, on the TiTok architecture (as the issue asks). Instella's
+FlexTok contributes only its FSQ and nested dropout, on the TiTok architecture. Instella's
 RoPE/Llama blocks and 2× grid down/up-sampling are replaced by the same timm blocks.
 """
 
