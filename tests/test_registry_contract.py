@@ -136,3 +136,10 @@ def test_generator_contract(name, kind, tmp_path):
     assert type(loaded) is type(gen)
     with torch.no_grad():
         assert torch.equal(loaded(sample, LABELS).loss, gen(sample, LABELS).loss)
+
+
+def test_registry_docstring_names_every_registered_kind():
+    import vistok.registry as registry
+
+    missing = [k for k in registry.list_kinds() if f"``{k}``" not in registry.__doc__]
+    assert not missing, f"vistok/registry.py's docstring does not describe the kinds {missing}"

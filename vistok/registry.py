@@ -1,8 +1,9 @@
 """One registry for every buildable part (timm-style): ``@register("quantizer", "vq")`` on a class, then
 ``build("quantizer", {"name": "vq", ...})`` anywhere. Adding a method is a new file plus one decorator line.
 
-Kinds: ``quantizer``, ``tokenizer``, ``generator``, ``head`` (generator output heads, keyed by TokenSpec kind),
-``conditioning``, ``dataset``, ``metric``.
+Kinds (``list_kinds()`` lists what is registered): ``quantizer``, ``tokenizer``, ``prefix`` (1D tokenizers' prefix
+regularizers), ``generator``, ``head`` (generator token heads, keyed by TokenSpec kind), ``entity_head`` (xAR's
+per-entity heads), ``conditioning`` (class labels, text), ``dataset``.
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ def _ensure_imported() -> None:
     import vistok.generators  # noqa: F401
     import vistok.quantizers  # noqa: F401
     import vistok.tokenizers  # noqa: F401
+
+
+def list_kinds() -> list[str]:
+    _ensure_imported()
+    return sorted(_REGISTRY)
 
 
 def list_names(kind: str) -> list[str]:
