@@ -62,6 +62,73 @@ def test_packaged_mapping_matches_torchscript(packaged):
         packaged.create(["2048", "logits_unbiased"])
 
 
+def _torchscript_mixed_6_blocks(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The packaged TorchScript (TF layer names) run from uint8 299×299 inputs up to ``mixed_6``: returns the outputs
+    of ``mixed_6.conv`` (TF ``mixed_6/conv``, ADM's sFID layer) and of ``mixed_7.conv`` (the next block's)."""
+    layers = inc.load_torchscript(inc.packaged_torchscript_path()).net.layers
+    h = (x.float() - 128) / 128
+    with torch.no_grad():
+        for name in ("conv", "conv_1", "conv_2", "pool0", "conv_3", "conv_4", "pool1", "mixed", "mixed_1", "mixed_2",
+                     "mixed_3", "mixed_4", "mixed_5"):
+            h = getattr(layers, name)(h)
+        mixed_6_conv = layers.mixed_6.conv(h)
+        mixed_7_conv = layers.mixed_7.conv(layers.mixed_6(h))
+    return mixed_6_conv, mixed_7_conv
+
+
+def _smooth_images(seed: int, n: int, size: int = 299) -> torch.Tensor:
+    """uint8 (n, 3, size, size): upsampled noise, so Inception sees structure rather than pixel noise."""
+    gen = torch.Generator().manual_seed(seed)
+    low = torch.rand(n, 3, 12, 12, generator=gen) * 255
+    return torch.nn.functional.interpolate(low, size=size, mode="bicubic").clamp(0, 255).to(torch.uint8)
+
+
+def test_spatial_feature_is_adm_mixed_6_conv(packaged):
+    """ADM's sFID feature is ``mixed_6/conv:0[..., :7]`` flattened in NHWC order: our extractor (torch-fidelity's
+    module, hooked at Mixed_6d.branch1x1) must equal the TorchScript's ``mixed_6.conv`` taken that way, and not the
+    neighbouring block or another flattening order."""
+    x = _smooth_images(0, 2)
+    pool, spatial = packaged.create(["2048", inc.SPATIAL_FEATURE])(x)
+    m6, m7 = _torchscript_mixed_6_blocks(x)
+    assert m6.shape == (2, 192, 17, 17) and spatial.shape == (2, 17 * 17 * 7) and pool.shape == (2, 2048)
+    expected = m6.permute(0, 2, 3, 1)[..., :7].reshape(2, -1)
+    scale = expected.abs().max()
+    assert ((spatial - expected).abs().max() / scale).item() < 1e-4
+    assert ((spatial - m6[:, :7].reshape(2, -1)).abs().max() / scale).item() > 0.1  # NCHW order: wrong
+    assert ((spatial - m7.permute(0, 2, 3, 1)[..., :7].reshape(2, -1)).abs().max() / scale).item() > 0.1  # Mixed_6e
+    only_pool = packaged.create(["2048"])(x[:1])[0]  # asking for the spatial feature leaves the pool features as is
+    assert torch.allclose(only_pool, pool[:1], rtol=1e-5, atol=1e-6)
+
+
+def _frechet_low_rank(x: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """‖μ₁ − μ₂‖² + Tr Σ₁ + Tr Σ₂ − 2 Tr((Σ₁Σ₂)^½) with Σ₁ = AᵀA (A = centred x / √(N−1)): the nonzero eigenvalues
+    of Σ₁Σ₂ are those of AΣ₂Aᵀ (N×N)."""
+    mu1 = x.mean(0)
+    a = (x - mu1) / np.sqrt(len(x) - 1)
+    lam = np.clip(np.linalg.eigvalsh(a @ sigma2 @ a.T), 0, None)
+    return float(((mu1 - mu2) ** 2).sum() + (a * a).sum() + np.trace(sigma2) - 2 * np.sqrt(lam).sum())
+
+
+def test_sfid_tiny_case_against_direct_computation(packaged, tmp_path):
+    """sFID through the harness (images, and an ADM-layout file whose mu_s/sigma_s come from a third set) equals the
+    Fréchet distance computed directly on the TorchScript's mixed_6/conv features."""
+    samples, ref, other = _smooth_images(1, 3), _smooth_images(2, 3), _smooth_images(3, 3)
+
+    def spatial(x):
+        return _torchscript_mixed_6_blocks(x)[0].permute(0, 2, 3, 1)[..., :7].reshape(len(x), -1).double().numpy()
+
+    fs, fr, fo = spatial(samples), spatial(ref), spatial(other)
+    common = {"inception": packaged, "cache_dir": tmp_path, "cache_samples": True, "progress": False}
+    r = fid(samples, ref, metrics=("sfid",), **common)
+    assert r["sfid"] == pytest.approx(_frechet_low_rank(fs, fr.mean(0), np.cov(fr, rowvar=False)), rel=1e-3)
+    nhwc = ref.permute(0, 2, 3, 1).numpy()
+    np.savez(tmp_path / "adm.npz", arr_0=nhwc, mu=np.zeros(2048), sigma=np.eye(2048), mu_s=fo.mean(0),
+             sigma_s=np.cov(fo, rowvar=False))
+    r = fid(samples, str(tmp_path / "adm.npz"), metrics=("sfid",), **common)
+    assert r["ref_statistics"]["sfid"]["from"] == "file" and r["samples"]["cache_hit"]
+    assert r["sfid"] == pytest.approx(_frechet_low_rank(fs, fo.mean(0), np.cov(fo, rowvar=False)), rel=1e-3)
+
+
 def test_download_fails_clearly_offline_and_auto_falls_back(packaged, cache_dir, monkeypatch, tmp_path):
     monkeypatch.setattr(inc, "standard_weights_cache_path", lambda: tmp_path / "weights-inception-x-6726825d.pth")
     monkeypatch.setattr(inc, "URL_INCEPTION_V3", "http://127.0.0.1:9/weights.pth")  # refused at once, online or not

@@ -1,7 +1,8 @@
 """Image sets as torch-fidelity inputs: a Dataset of uint8 (3, R, R) tensors at one evaluation resolution R.
 
 Sources: a folder of images (searched recursively), an ADM-style ``.npz`` reference batch (``arr_0``: uint8 NHWC, as
-LlamaGen/VAR/TiTok use for ImageNet 256), or in-memory images (uint8 NHWC / NCHW, or float NCHW in [-1, 1]).
+LlamaGen/VAR/TiTok use for ImageNet 256; its ``mu``/``sigma`` are read by ``stats_cache``), or in-memory images
+(uint8 NHWC / NCHW, or float NCHW in [-1, 1]).
 
 Rules, the same for every source and recorded in every result (``RESIZE_RULE``):
 
@@ -178,9 +179,9 @@ class ArrayImages(ImageSet):
 
 
 def read_adm_npz(path: str | Path) -> np.ndarray:
-    """``arr_0`` of an ADM-style reference/sample batch: uint8 (N, H, W, 3). Other keys (ADM's precomputed ``mu``,
-    ``sigma`` from its TF graph, ``mu_s``/``sigma_s`` spatial statistics) are ignored: features are recomputed with the
-    extractor that runs, so both sides of a comparison always come from the same network."""
+    """``arr_0`` of an ADM-style reference/sample batch: uint8 (N, H, W, 3). A reference batch's precomputed
+    statistics (``mu``/``sigma``, ``mu_s``/``sigma_s``) are read separately
+    (``vistok.metrics.stats_cache.load_reference_statistics``): FID and sFID use them, as ADM's evaluator does."""
     try:
         with np.load(path, allow_pickle=False) as data:
             if "arr_0" not in data.files:

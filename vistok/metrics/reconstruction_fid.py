@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 from vistok.data.imageio import tensor_to_uint8
 from vistok.metrics.evaluate import evaluate_reconstruction
 from vistok.metrics.fidelity import (
+    DEFAULT_SEED,
     _provenance,
     check_finite,
     extract_features,
@@ -53,7 +54,7 @@ class _Collector:
 
 
 def rfid(tokenizer: Any, dataset: Dataset, *, inception: str | InceptionChoice = "auto", num_images: int | None = None,
-         batch_size: int = 64, device: torch.device | str = "cpu", seed: int = 0, kid: bool = True,
+         batch_size: int = 64, device: torch.device | str = "cpu", seed: int = DEFAULT_SEED, kid: bool = True,
          cache_dir: str | Path | None = None, use_cache: bool = True, work_dir: str | Path | None = None,
          progress: bool = True, pairs_path: str | Path | None = None, csv_path: str | Path | None = None,
          tokenizer_path: str | None = None, extractor: torch.nn.Module | None = None) -> dict[str, Any]:
