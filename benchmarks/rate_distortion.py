@@ -14,8 +14,8 @@ measured file size is the byte count (headers included: that is what a codec fil
 Example (the numbers in docs/tokenizers-1d.md):
 
     python benchmarks/rate_distortion.py --data runs/imagenet_split/heldout \
-        --model "VQ + tail drop=runs/vit1d_vq_taildrop_imagenet64" \
-        --model "FSQ + nested dropout=runs/vit1d_fsq_nested_imagenet64" \
+        --model "VQ + tail drop=runs/vit1d_vq_tail_drop_imagenet64" \
+        --model "FSQ + nested dropout=runs/vit1d_fsq_nested_dropout_imagenet64" \
         --model "VQ, no regularizer=runs/vit1d_vq_noreg_imagenet64" --out runs/rate_distortion
 
 ``--overfit-config CONFIG`` additionally trains that tokenizer config three times (tail drop, nested dropout, none)

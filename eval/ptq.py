@@ -2,8 +2,8 @@
 latents (no gradient, no retraining), report reconstruction PSNR/SSIM of the continuous autoencoder vs its PTQ
 versions, and save one PTQ version as an ordinary tokenizer.
 
-    python eval/ptq.py --autoencoder runs/klae_f8_imagenet64 --data /path/to/imagenet-sample \
-        --bins 4 8 16 32 64 --save-bins 64 --out runs/klae_f8_imagenet64_ptq
+    python eval/ptq.py --autoencoder runs/kl_ae_f8_imagenet64 --data /path/to/imagenet-sample \
+        --bins 4 8 16 32 64 --save-bins 64 --out runs/kl_ae_f8_imagenet64_ptq
 
 Writes ``<out>/ptq.json`` (one row per B) and, with ``--save-bins B``, the tokenizer to ``<out>/tokenizer``.
 """
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         ae = load_pretrained(args.autoencoder, kind="tokenizer")
         if not isinstance(ae, KLAutoencoder):
             raise VistokError(f"--autoencoder {args.autoencoder}: holds a {type(ae).__name__}, not a kl_ae "
-                              "(train one with configs/tokenizer/klae_f8_imagenet64.yaml)")
+                              "(train one with configs/tokenizer/kl_ae_f8_imagenet64.yaml)")
         dataset = build_dataset(data_cfg_from_arg(args.data, ae.resolution, args.num_images))
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

@@ -336,7 +336,7 @@ CONFIGS = sorted(Path(__file__).parent.parent.glob("configs/tokenizer/vit1d_*.ya
 
 def test_configs_exist_for_every_combination():
     names = {p.stem for p in CONFIGS}
-    for stem in ("vit1d_vq_taildrop", "vit1d_fsq_nested", "vit1d_binary"):
+    for stem in ("vit1d_vq_tail_drop", "vit1d_fsq_nested_dropout", "vit1d_binary"):
         assert {f"{stem}_imagenet64", f"{stem}_imagenet256"} <= names, stem
 
 
