@@ -30,39 +30,25 @@ the other, then exits.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 import vistok
-from vistok.data import build_dataset, save_grid, tensor_to_uint8, uint8_to_tensor
+from vistok.data import build_dataset, save_grid
+from vistok.data.split import split_by_class
+from vistok.metrics.codecs import JPEG_QUALITIES, WEBP_QUALITIES, codec_roundtrip, interpolate
 from vistok.metrics.recon import psnr, ssim, to_unit_range
-
-JPEG_QUALITIES = (1, 2, 3, 5, 8, 10, 15, 20, 30, 50, 75, 90)
-WEBP_QUALITIES = (0, 1, 2, 5, 10, 20, 30, 50, 75, 90)
 
 
 def make_split(src: Path, dst: Path, every: int = 6) -> dict[str, int]:
     """Symlink class folders of ``src`` into ``dst/train`` and ``dst/heldout`` (every ``every``-th class held out)."""
-    counts = {"train": 0, "heldout": 0}
-    classes = sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith("."))
-    for i, cls in enumerate(classes):
-        part = "heldout" if i % every == every - 1 else "train"
-        target = dst / part / cls.name
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.symlink(cls.resolve(), target, target_is_directory=True)
-        counts[part] += sum(1 for f in cls.iterdir() if f.is_file())
-    return counts
+    return split_by_class(src, dst, every)
 
 
 def load_images(root: str, resolution: int, num_images: int | None) -> torch.Tensor:
@@ -110,40 +96,14 @@ def codec_curve(images: torch.Tensor, fmt: str, qualities: tuple[int, ...], ince
                 cache_dir: Path | None = None, rfid_qualities: set[int] | None = None) -> list[dict[str, float]]:
     """Encode every image at each quality; mean file size (bytes), PSNR, SSIM, and with ``inception`` rFID/rKID
     (at every quality, or only those in ``rfid_qualities``)."""
-    pixels = tensor_to_uint8(images).numpy()
     rows = []
     for q in tqdm(qualities, desc=fmt, leave=False):
-        sizes, decoded = [], []
-        for arr in pixels:
-            buf = io.BytesIO()
-            opts = {"quality": q, "optimize": True} if fmt == "JPEG" else {"quality": q, "method": 6}
-            Image.fromarray(arr, mode="RGB").save(buf, format=fmt, **opts)
-            sizes.append(buf.tell())
-            buf.seek(0)
-            decoded.append(np.array(Image.open(buf).convert("RGB")))
-        rec = uint8_to_tensor(np.stack(decoded))
+        sizes, rec = codec_roundtrip(images, fmt, q)
         p, s = quality(images, rec)
-        rows.append({"quality": q, "bytes": float(np.mean(sizes)), "psnr": float(p.mean()), "ssim": float(s.mean())})
+        rows.append({"quality": q, "bytes": float(sizes.mean()), "psnr": float(p.mean()), "ssim": float(s.mean())})
         if inception is not None and (rfid_qualities is None or q in rfid_qualities):
             rows[-1].update(reconstruction_fid(images, rec, inception, cache_dir))
     return rows
-
-
-def interpolate(curve: list[dict[str, float]], nbytes: float, key: str) -> float | None:
-    """``key`` of a codec at ``nbytes`` (linear in log-bytes between measured points, on the codec's upper
-    envelope); None outside the codec's measured range."""
-    pts = sorted((r["bytes"], r[key]) for r in curve)
-    envelope, best = [], -math.inf
-    for b, v in pts:  # a codec at a larger budget can always do at least as well as at a smaller one
-        best = max(best, v)
-        envelope.append((b, best))
-    if not envelope or nbytes < envelope[0][0] or nbytes > envelope[-1][0]:
-        return None
-    for (b0, v0), (b1, v1) in zip(envelope, envelope[1:]):
-        if b0 <= nbytes <= b1:
-            t = 0.0 if b1 == b0 else (math.log(nbytes) - math.log(b0)) / (math.log(b1) - math.log(b0))
-            return v0 + t * (v1 - v0)
-    return envelope[-1][1]
 
 
 def compare(label: str, rows: list[dict[str, float]], codecs: dict[str, list[dict[str, float]]]) -> list[str]:

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 import vistok
+from vistok.data import tensor_to_uint8
 
 _PATH = Path(__file__).parent.parent / "benchmarks" / "rate_distortion.py"
 _spec = importlib.util.spec_from_file_location("rate_distortion", _PATH)
@@ -41,7 +42,7 @@ def test_tokenizer_curve_bytes_are_k_times_bits_over_8():
 def test_codec_curve_measures_file_sizes_and_quality_rises():
     x = smooth_images(2, size=32)
     rows = rd.codec_curve(x, "JPEG", (5, 95))
-    arr = rd.tensor_to_uint8(x).numpy()
+    arr = tensor_to_uint8(x).numpy()
     sizes = []
     for a in arr:
         buf = io.BytesIO()
