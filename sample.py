@@ -24,7 +24,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompts-file", help="a text file with one prompt per line")
     p.add_argument("--num-per-prompt", type=int, default=4)
     p.add_argument("--cfg-scale", type=float, default=2.0)
-    p.add_argument("--cfg-schedule", choices=["constant", "linear"], default="constant")
+    p.add_argument("--cfg-schedule", choices=["constant", "linear", "cosine"], default=None,
+                   help="guidance scale over the decoding steps (default: the generator's; GPT constant, xAR linear)")
+    p.add_argument("--cfg-interval", type=int, default=-1,
+                   help="LlamaGen's cfg_interval: -1 guides every step; c >= 0 guides steps 0..c+1 only")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--top-p", type=float, default=1.0)
@@ -48,12 +51,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.num_per_prompt < 1:
         print("sample.py: error: --num-per-prompt must be at least 1", file=sys.stderr)
         return 2
+    if args.cfg_interval < -1:
+        print("sample.py: error: --cfg-interval must be -1 (guide every step) or >= 0", file=sys.stderr)
+        return 2
     try:
         from vistok.generate import SamplingSettings, sample_prompts
         from vistok.training.loop import pick_device
 
         settings = SamplingSettings(num_per_prompt=args.num_per_prompt, cfg_scale=args.cfg_scale,
-                                    cfg_schedule=args.cfg_schedule, temperature=args.temperature, top_k=args.top_k,
+                                    cfg_schedule=args.cfg_schedule, cfg_interval=args.cfg_interval,
+                                    temperature=args.temperature, top_k=args.top_k,
                                     top_p=args.top_p, seed=args.seed, num_tokens=args.num_tokens,
                                     batch_size=args.batch_size)
         manifest = sample_prompts(args.model, prompts, args.out, settings, device=pick_device(args.device))

@@ -122,10 +122,12 @@ def test_grouping_vs_full_product_codebook():
     # the quantizer's pooled options are the documented combinations of the per-group terms
     z = torch.randn(30, 6)
     sample_g, codebook_g, shared = group_entropy_terms(z, 2, 0.01)
-    for pool, expected in [("sum", codebook_g.sum()), ("mean", codebook_g.mean()), ("shared", shared)]:
+    for pool, expected_s, expected_c in [("sum", sample_g.sum(), codebook_g.sum()),
+                                         ("mean", sample_g.mean(), codebook_g.mean()),
+                                         ("shared", sample_g.mean(), shared)]:
         s, c = GroupLFQ(num_groups=2, group_dim=3, codebook_entropy=pool).entropy_terms(z)
-        torch.testing.assert_close(s, sample_g.mean())
-        torch.testing.assert_close(c, expected)
+        torch.testing.assert_close(s, expected_s)
+        torch.testing.assert_close(c, expected_c)
 
 
 def test_lfq_entropy_loss_memory_is_per_group():

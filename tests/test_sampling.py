@@ -73,5 +73,5 @@ def test_cfg_schedules():
     linear = [cfg_scale_at(i, 5, 3.0, "linear") for i in range(5)]
     assert all(math.isclose(a, b) for a, b in zip(linear, [1.0, 1.5, 2.0, 2.5, 3.0]))
     assert cfg_scale_at(0, 1, 3.0, "linear") == 3.0
-    with pytest.raises(ValueError, match="cosine"):
-        cfg_scale_at(0, 5, 3.0, "cosine")
+    with pytest.raises(ValueError, match="sigmoid"):
+        cfg_scale_at(0, 5, 3.0, "sigmoid")

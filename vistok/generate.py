@@ -24,7 +24,8 @@ from vistok.hub import WEIGHTS_NAME, load_pretrained
 class SamplingSettings:
     num_per_prompt: int = 4
     cfg_scale: float = 2.0
-    cfg_schedule: str = "constant"
+    cfg_schedule: str | None = None  # None: the generator's default (GPT constant, xAR linear)
+    cfg_interval: int = -1  # LlamaGen's: -1 guides every step
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
@@ -53,7 +54,8 @@ def sample_images(generator: Any, tokenizer: Any, label: int | str, settings: Sa
         n = min(remaining, settings.batch_size)
         labels = [label] * n if isinstance(label, str) else torch.full((n,), label, dtype=torch.long, device=device)
         tokens = generator.generate(labels, num_tokens=settings.num_tokens, cfg_scale=settings.cfg_scale,
-                                    cfg_schedule=settings.cfg_schedule, temperature=settings.temperature,
+                                    cfg_schedule=settings.cfg_schedule, cfg_interval=settings.cfg_interval,
+                                    temperature=settings.temperature,
                                     top_k=settings.top_k, top_p=settings.top_p, generator=rng)
         out.append(tokenizer.decode(tokens).cpu())
         remaining -= n

@@ -39,7 +39,7 @@ from torch import nn
 from vistok.generators.conditioning import Conditioning
 from vistok.generators.heads.base import TokenHead, build_head
 from vistok.generators.kv_cache import KVCache
-from vistok.generators.sampling import cfg_scale_at
+from vistok.generators.sampling import guidance_plan
 from vistok.generators.shuffle import TokenShuffle, check_window, from_windows, to_windows
 from vistok.hub import PretrainedModel
 from vistok.layers import RMSNorm, RoPE, TransformerBlock
@@ -94,6 +94,8 @@ class GPT(PretrainedModel):
     head: options of the TokenSpec kind's head (e.g. ``{"factorized_layers": 2}`` for ``subvocab``).
     window: token-shuffle window s (1 = next-token; 2 or 4 merge s×s tokens per step).
     """
+
+    default_cfg_schedule = "constant"  # LlamaGen's; ``generate(cfg_schedule=None)`` uses the model's default
 
     def __init__(self, token_spec: dict, num_classes: int, dim: int = 256, depth: int = 6, heads: int = 8,
                  class_dropout: float = 0.1, dropout: float = 0.0, class_names: list[str] | None = None,
@@ -223,13 +225,16 @@ class GPT(PretrainedModel):
 
     @torch.no_grad()
     def generate(self, labels: torch.Tensor | list[str], num_tokens: int | None = None, cfg_scale: float = 1.0,
-                 cfg_schedule: str = "constant", temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                 cfg_schedule: str | None = None, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                  generator: torch.Generator | None = None, use_cache: bool = True,
-                 guidance: bool | None = None) -> torch.Tensor:
+                 guidance: bool | None = None, cfg_interval: int = -1) -> torch.Tensor:
         """Sample tokens (B, n[, C]) for conditions ``labels`` (B,) (or B prompts for a text conditioning).
 
         num_tokens: n, default the spec's length; shorter only for ``prefix_ok`` specs.
-        cfg_scale, cfg_schedule: classifier-free guidance (``sampling.cfg_scale_at``), by batch doubling.
+        cfg_scale, cfg_schedule: classifier-free guidance (``sampling.cfg_scale_at``; None: the model's
+            ``default_cfg_schedule``), by batch doubling, per decoding step (a token, or a token-shuffle window).
+        cfg_interval: LlamaGen's ``cfg_interval`` (``sampling.cfg_guided_at``): -1 guides every step; c >= 0
+            guides steps 0..c+1 and samples the rest from the conditional logits alone.
         temperature (0 = greedy), top_k (0 = off), top_p (1 = off): see ``sampling.sample_logits``.
         generator: a ``torch.Generator`` on the model's device; the same seed gives the same tokens.
         use_cache: False recomputes the whole sequence at every step (the slow reference path).
@@ -242,12 +247,12 @@ class GPT(PretrainedModel):
             tok = self.head.sample(h_cond.flatten(0, 1), flat_u, scale, temperature, top_k, top_p, generator)
             return tok.view(B, n, *tok.shape[1:])
 
-        return self._decode(labels, num_tokens, cfg_scale, cfg_schedule, use_cache, guidance, choose)
+        return self._decode(labels, num_tokens, cfg_scale, cfg_schedule, use_cache, guidance, choose, cfg_interval)
 
     @torch.no_grad()
     def step_logits(self, labels: torch.Tensor | list[str], tokens: torch.Tensor, cfg_scale: float = 1.0,
-                    cfg_schedule: str = "constant", use_cache: bool = True,
-                    guidance: bool | None = None) -> torch.Tensor:
+                    cfg_schedule: str | None = None, use_cache: bool = True,
+                    guidance: bool | None = None, cfg_interval: int = -1) -> torch.Tensor:
         """The (guided) logits (B, n, ...) that ``generate`` samples each token from, with the given tokens
         (B, n[, C]) forced instead of sampled (``TokenHead.forced_logits``: (B, n, V) for ``vocab``, (B, n, C,
         V_max) otherwise): runs the exact decoding loop of ``generate``, so the cached and the full-recompute
@@ -262,17 +267,18 @@ class GPT(PretrainedModel):
             trace.append(logits.view(B, n, *logits.shape[1:]))
             return units[:, i]
 
-        self._decode(labels, tokens.shape[1], cfg_scale, cfg_schedule, use_cache, guidance, choose)
+        self._decode(labels, tokens.shape[1], cfg_scale, cfg_schedule, use_cache, guidance, choose, cfg_interval)
         return self.from_units(torch.stack(trace, dim=1))
 
-    def _decode(self, labels: torch.Tensor, num_tokens: int | None, cfg_scale: float, cfg_schedule: str,
+    def _decode(self, labels: torch.Tensor, num_tokens: int | None, cfg_scale: float, cfg_schedule: str | None,
                 use_cache: bool, guidance: bool | None,
-                choose: Callable[[int, torch.Tensor, torch.Tensor | None, float], torch.Tensor]) -> torch.Tensor:
+                choose: Callable[[int, torch.Tensor, torch.Tensor | None, float], torch.Tensor],
+                cfg_interval: int = -1) -> torch.Tensor:
         """The one decoding loop behind ``generate`` and ``step_logits``: one step per unit (a token, or an s×s
         window); ``choose(i, h_cond, h_uncond, scale)`` returns unit i's tokens (B, s²[, C]) from the hidden
-        states (B, s², dim) that predict them."""
+        states (B, s², dim) that predict them (``h_uncond`` is None on unguided steps)."""
         n = self._check_num_tokens(num_tokens) // (self.window ** 2)  # decoding steps
-        cfg_scale_at(0, n, cfg_scale, cfg_schedule)  # fail early on an unknown schedule
+        plan = guidance_plan(n, cfg_scale, cfg_schedule or self.default_cfg_schedule, cfg_interval)
         B = len(labels)
         guided = cfg_scale != 1.0 if guidance is None else guidance
         prefix = self.cond(labels)  # (B, P, dim)
@@ -288,8 +294,8 @@ class GPT(PretrainedModel):
         out = []
         for i in range(n):
             per_token = self.unit_hidden(hidden)  # (B or 2B, s², dim)
-            unit = choose(i, per_token[:B], per_token[B:] if guided else None,
-                          cfg_scale_at(i, n, cfg_scale, cfg_schedule))
+            scale, guided_now = plan[i]
+            unit = choose(i, per_token[:B], per_token[B:] if guided and guided_now else None, scale)
             out.append(unit)
             if i == n - 1:
                 break

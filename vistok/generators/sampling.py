@@ -1,11 +1,14 @@
 """Sampling utilities as pure functions (the split LlamaGen/gpt-fast use): top-k, top-p (nucleus, Holtzman et al.
-2020), temperature, and the classifier-free-guidance scale schedule. Logits are (..., V) over the last axis."""
+2020), temperature, and classifier-free guidance over the decoding steps (scale schedule, LlamaGen's
+``cfg_interval``). Logits are (..., V) over the last axis."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-CFG_SCHEDULES = ("constant", "linear")
+CFG_SCHEDULES = ("constant", "linear", "cosine")
 
 
 def apply_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -47,17 +50,42 @@ def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0
 
 
 def cfg_scale_at(step: int, num_steps: int, scale: float, schedule: str = "constant") -> float:
-    """The guidance scale for decoding step ``step`` of ``num_steps`` (0-based).
+    """The guidance scale for decoding step ``step`` of ``num_steps`` (0-based). A step is one token, one
+    token-shuffle window or one next-X entity: everything sampled from one backbone pass shares its scale.
 
-    - ``constant``: ``scale`` at every step.
-    - ``linear``: ramps linearly from 1 (no guidance) at the first step to ``scale`` at the last,
-      ``1 + (scale - 1) * step / (num_steps - 1)``; a single step gets ``scale``. Early tokens fix the global
-      layout and benefit from diversity, later ones from guidance (the schedule of MUSE/MAR-style linear CFG).
+    - ``constant``: ``scale`` at every step (LlamaGen, Open-MAGVIT2).
+    - ``linear``: from 1 (no guidance) at the first step to ``scale`` at the last,
+      ``1 + (scale − 1)·r`` with ``r = step / (num_steps − 1)``; a single step gets ``scale``. This is xAR's
+      per-entity ramp (OliverRensu/xAR: ``1 + (cfg − 1)·i / (clusters − 1)``) and the low-to-high guidance over the
+      decoding steps that Token-Shuffle (Ma et al. 2025, arXiv 2504.17789) adds to its sampler; early steps fix the
+      global layout and keep diversity, later ones follow the condition.
+    - ``cosine``: the same end points on a cosine ease, ``1 + (scale − 1)·(1 − cos(π·r))/2``: slower at both ends
+      (the increasing cosine schedule studied by Wang et al. 2024, "Analysis of Classifier-Free Guidance Weight
+      Schedulers", arXiv 2404.13040).
     """
-    if schedule == "constant":
+    if schedule not in CFG_SCHEDULES:
+        raise ValueError(f"unknown cfg_schedule {schedule!r}; choose one of {CFG_SCHEDULES}")
+    if schedule == "constant" or num_steps <= 1:
         return float(scale)
-    if schedule == "linear":
-        if num_steps <= 1:
-            return float(scale)
-        return 1.0 + (scale - 1.0) * step / (num_steps - 1)
-    raise ValueError(f"unknown cfg_schedule {schedule!r}; choose one of {CFG_SCHEDULES}")
+    r = step / (num_steps - 1)
+    if schedule == "cosine":
+        r = (1 - math.cos(math.pi * r)) / 2
+    return 1.0 + (scale - 1.0) * r
+
+
+def cfg_guided_at(step: int, cfg_interval: int = -1) -> bool:
+    """Whether decoding step ``step`` (0-based) is guided under LlamaGen's ``cfg_interval``
+    (FoundationVision/LlamaGen ``autoregressive/models/generate.py``): -1 guides every step; c ≥ 0 guides the token
+    sampled after the prefill and the decode steps ``i ≤ c`` of its loop (which samples token i + 1), i.e. steps
+    0..c+1, and samples every later step from the conditional logits alone. As in LlamaGen the unconditional rows
+    keep running (their cache stays filled); only their logits are no longer used."""
+    if cfg_interval < -1:
+        raise ValueError(f"cfg_interval must be -1 (guide every step) or >= 0, got {cfg_interval}")
+    return cfg_interval < 0 or step <= cfg_interval + 1
+
+
+def guidance_plan(num_steps: int, scale: float, schedule: str = "constant",
+                  cfg_interval: int = -1) -> list[tuple[float, bool]]:
+    """(scale, guided) for each of ``num_steps`` decoding steps: the schedule's scale and whether the step uses
+    the unconditional branch at all (``cfg_interval``). Unknown schedules and bad intervals fail before sampling."""
+    return [(cfg_scale_at(i, num_steps, scale, schedule), cfg_guided_at(i, cfg_interval)) for i in range(num_steps)]

@@ -62,7 +62,7 @@ from torch import nn
 from vistok.generators.entities import build_entities
 from vistok.generators.gpt import GPT, _init_weights, rope_coords
 from vistok.generators.heads.flow import FlowMatchingHead, timestep_embedding
-from vistok.generators.sampling import cfg_scale_at
+from vistok.generators.sampling import guidance_plan
 from vistok.registry import register
 
 PREFIX, CONTENT, QUERY = 0, 1, 2
@@ -75,6 +75,8 @@ class XAR(GPT):
     flow_steps: Euler steps per entity at sampling; noisy_context: Noisy Context Learning (flow head only);
     layout: "shift", "query" or "auto" (shift for entities of equal size, else query; see the module docstring).
     The other arguments are the GPT's (token-shuffle is not combined with next-X: window is 1)."""
+
+    default_cfg_schedule = "linear"  # xAR's: the scale rises linearly across entities, 1 → cfg
 
     def __init__(self, token_spec: dict, num_classes: int, dim: int = 256, depth: int = 6, heads: int = 8,
                  class_dropout: float = 0.1, dropout: float = 0.0, class_names: list[str] | None = None,
@@ -241,13 +243,14 @@ class XAR(GPT):
 
     # ---- generation --------------------------------------------------------------------------------------------
     def _decode(self, labels, num_tokens, cfg_scale, cfg_schedule, use_cache, guidance,
-                choose: Callable[[int, torch.Tensor, torch.Tensor | None, float], torch.Tensor]) -> torch.Tensor:
+                choose: Callable[[int, torch.Tensor, torch.Tensor | None, float], torch.Tensor],
+                cfg_interval: int = -1) -> torch.Tensor:
         """One step per entity; ``choose(m, h_cond (B, N_m, dim), h_uncond, scale)`` returns entity m's tokens
-        (B, N_m[, C]); returns the tokens in raster order."""
+        (B, N_m[, C]); returns the tokens in raster order. The CFG schedule runs over entities (default linear)."""
         if num_tokens not in (None, self.spec.length):
             raise ValueError(f"next-X models generate all {self.spec.length} tokens (num_tokens={num_tokens})")
         M = len(self.entities)
-        cfg_scale_at(0, M, cfg_scale, cfg_schedule)
+        plan = guidance_plan(M, cfg_scale, cfg_schedule or self.default_cfg_schedule, cfg_interval)
         B = len(labels)
         guided = cfg_scale != 1.0 if guidance is None else guidance
         prefix = self.cond(labels)
@@ -289,7 +292,7 @@ class XAR(GPT):
                     x = torch.cat([prefix, *contents, queries], dim=1)
                     hidden = self.backbone(x, coords=seg["coords"], mask=self._mask(seg))
             h = hidden[:, -self.sizes[m]:]
-            ent_tokens = choose(m, h[:B], h[B:] if guided else None, cfg_scale_at(m, M, cfg_scale, cfg_schedule))
+            ent_tokens = choose(m, h[:B], h[B:] if guided and plan[m][1] else None, plan[m][0])
             out.append(ent_tokens)
             if m < M - 1:
                 ctx = ent_tokens if self.entity_head == "discrete" else self.token_codes(ent_tokens)
@@ -304,10 +307,11 @@ class XAR(GPT):
         return result
 
     @torch.no_grad()
-    def generate(self, labels, num_tokens=None, cfg_scale=1.0, cfg_schedule="constant", temperature=1.0, top_k=0,
-                 top_p=1.0, generator=None, use_cache=True, guidance=None) -> torch.Tensor:
-        """Sample tokens (B, L[, C]), one entity per step (see ``GPT.generate`` for the arguments; for the flow
-        head, temperature scales the initial noise and top-k/top-p do not apply)."""
+    def generate(self, labels, num_tokens=None, cfg_scale=1.0, cfg_schedule=None, temperature=1.0, top_k=0,
+                 top_p=1.0, generator=None, use_cache=True, guidance=None, cfg_interval=-1) -> torch.Tensor:
+        """Sample tokens (B, L[, C]), one entity per step (see ``GPT.generate`` for the arguments; the CFG schedule
+        defaults to xAR's linear rise across entities; for the flow head, temperature scales the initial noise and
+        top-k/top-p do not apply)."""
         def choose(m, h_cond, h_uncond, scale):
             B, n = h_cond.shape[:2]
             hu = None if h_uncond is None else h_uncond.flatten(0, 1)
@@ -318,11 +322,11 @@ class XAR(GPT):
                 tok = self.head.sample(h_cond.flatten(0, 1), hu, scale, temperature, top_k, top_p, generator)
             return tok.view(B, n, *tok.shape[1:])
 
-        return self._decode(labels, num_tokens, cfg_scale, cfg_schedule, use_cache, guidance, choose)
+        return self._decode(labels, num_tokens, cfg_scale, cfg_schedule, use_cache, guidance, choose, cfg_interval)
 
     @torch.no_grad()
-    def step_outputs(self, labels, tokens: torch.Tensor, cfg_scale: float = 1.0, cfg_schedule: str = "constant",
-                     use_cache: bool = True, guidance: bool | None = None) -> torch.Tensor:
+    def step_outputs(self, labels, tokens: torch.Tensor, cfg_scale: float = 1.0, cfg_schedule: str | None = None,
+                     use_cache: bool = True, guidance: bool | None = None, cfg_interval: int = -1) -> torch.Tensor:
         """With ``tokens`` forced, what each decoding step computes for every token, in raster order: the guided
         forced logits (discrete head, (B, L, ...)) or the query hidden states (flow head, (B, L, dim), the
         conditional branch). Compares the cached and the full-recompute paths."""
@@ -340,7 +344,7 @@ class XAR(GPT):
                 trace.append(lg.view(B, n, *lg.shape[1:]))
             return ent_tokens
 
-        self._decode(labels, None, cfg_scale, cfg_schedule, use_cache, guidance, choose)
+        self._decode(labels, None, cfg_scale, cfg_schedule, use_cache, guidance, choose, cfg_interval)
         ordered = torch.cat(trace, dim=1)
         result = torch.empty_like(ordered)
         result[:, self.order] = ordered

@@ -13,8 +13,9 @@ lowest bits: ``flat = Σ_i index_i · 2^(i·g)``, i.e. the little-endian index o
 Losses (Open-MAGVIT2 / WeTok code, weights from their configs):
 - entropy: ``w_e · (w_s·H_sample − w_c·H_codebook)`` with ``w_e = 0.1``, ``w_s = w_c = 1``. Per group, the soft
   assignment over the group's 2^g codes is ``p = softmax(2⟨z_g, c_k⟩ / τ)`` with τ = 0.01 (−‖z_g − c_k‖² up to a
-  constant, because ‖c_k‖² = g for every code). ``H_sample`` is the mean entropy of p over tokens and groups. The
-  logits tensor is (B·N, G, 2^g): memory grows with G·2^g, not 2^(G·g) as in full-codebook LFQ.
+  constant, because ‖c_k‖² = g for every code). ``H_sample`` is the entropy of p averaged over tokens, and over
+  groups pooled like the codebook entropy (below): averaged, or summed for ``"sum"``. The logits tensor is
+  (B·N, G, 2^g): memory grows with G·2^g, not 2^(G·g) as in full-codebook LFQ.
 - commitment: ``0.25 · mse(z, sg(q))``; gradients reach the encoder through the straight-through ``z + sg(q − z)``.
 
 What the grouping approximates: the true product codebook's soft assignment for ``−‖z − c‖²/τ`` factorizes over
@@ -22,10 +23,14 @@ groups, so the per-sample entropy of the full 2^(G·g) codebook is *exactly* the
 entropies (tested). The codebook (batch-marginal) entropy does not factorize: per-group codebook entropies only
 see each group's marginal usage, and Σ_i H(marginal_i) ≥ H(joint) (subadditivity, tested). Maximizing the summed
 marginals therefore spreads each group's usage but cannot see correlations between groups. ``codebook_entropy``
-chooses how the groups' codebook entropies are pooled (the papers differ, see the quantizers note):
+chooses how the groups' entropies are pooled (the papers differ):
 - ``"shared"`` (WeTok / Open-MAGVIT2 default): one 2^g-way usage distribution averaged over tokens *and groups*;
-- ``"sum"`` (BSQ): Σ_i H(marginal of group i), the upper bound on the joint codebook entropy;
-- ``"mean"`` (vector-quantize-pytorch with ``num_codebooks > 1``): the mean of the per-group entropies.
+  the per-sample entropy averaged over tokens and groups;
+- ``"sum"`` (BSQ, Zhao et al., "Image and Video Tokenization with Binary Spherical Quantization", arXiv 2406.07548;
+  zhaoyue-zephyrus/bsq-vit ``soft_entropy_loss``): Σ_i H(marginal of group i), the upper bound on the joint codebook
+  entropy, *and* the per-sample entropy summed over groups (so, like the codebook term, it equals the full product
+  codebook's per-sample entropy and the two stay on one scale);
+- ``"mean"`` (vector-quantize-pytorch with ``num_codebooks > 1``): the means over groups of both terms.
 """
 
 from __future__ import annotations
@@ -132,10 +137,12 @@ class GroupLFQ(Quantizer):
 
     # ---- forward ----------------------------------------------------------------------------------------------
     def entropy_terms(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(per-sample entropy, pooled codebook entropy) for (M, G·g) latents, pooled as configured."""
+        """(per-sample entropy, codebook entropy) for (M, G·g) latents, pooled over groups as configured: BSQ
+        (``"sum"``) sums both over groups; the others average the per-sample entropy over groups."""
         sample, codebook, shared = group_entropy_terms(z, self.num_groups, self.temperature)
-        pooled = {"shared": shared, "sum": codebook.sum(), "mean": codebook.mean()}[self.codebook_entropy]
-        return sample.mean(), pooled
+        if self.codebook_entropy == "sum":
+            return sample.sum(), codebook.sum()
+        return sample.mean(), shared if self.codebook_entropy == "shared" else codebook.mean()
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         """z: (B, N, G·g) → quantized ±1 (B, N, G·g) (straight-through), indices (B, N, G)."""

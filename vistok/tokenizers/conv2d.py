@@ -40,7 +40,8 @@ class ConvTokenizer(Tokenizer):
                                                 mid_attention, dropout)
         self.encoder = Encoder(**net)
         self.quantizer = build("quantizer", quantizer)
-        self.quant_proj = nn.Conv2d(z_channels, self.quantizer.code_dim, 1)
+        # into the quantizer's input width (binary: num_bits logits; FSQ: one per level), out of its code width
+        self.quant_proj = nn.Conv2d(z_channels, self.quantizer.input_dim, 1)
         self.post_quant_proj = nn.Conv2d(self.quantizer.code_dim, z_channels, 1)
         self.decoder = Decoder(**net)
 
