@@ -4,7 +4,9 @@
         --num-per-prompt 4 --cfg-scale 2.0 --seed 0 --out samples/
 
 A prompt resolves to a class by exact or fuzzy name match (class names, wnids, or an integer index). Writes one
-PNG per sample, a grid PNG per prompt and manifest.json (prompt → class → files, seed, settings).
+PNG per sample, a grid PNG per prompt and manifest.json (prompt → class → files, seed, settings). For sub-token
+(subvocab) models --cfg-scale, --temperature, --top-k and --top-p take one value per sub-token, comma-separated
+(Open-MAGVIT2-XL: --cfg-scale 1.75,1.85 --temperature 1.1,1.0).
 """
 
 from __future__ import annotations
@@ -16,6 +18,14 @@ from pathlib import Path
 from vistok.errors import VistokError
 
 
+def _values(kind: type):
+    """One number, or a comma-separated list of them (one per sub-token)."""
+    def parse(text: str):
+        values = [kind(v) for v in text.split(",")]
+        return values[0] if len(values) == 1 else values
+    return parse
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="generator run folder (holds config.json, model.safetensors, "
@@ -23,14 +33,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompt", action="append", default=[], help="a prompt; repeat for several")
     p.add_argument("--prompts-file", help="a text file with one prompt per line")
     p.add_argument("--num-per-prompt", type=int, default=4)
-    p.add_argument("--cfg-scale", type=float, default=2.0)
+    p.add_argument("--cfg-scale", type=_values(float), default=2.0)
     p.add_argument("--cfg-schedule", choices=["constant", "linear", "cosine"], default=None,
                    help="guidance scale over the decoding steps (default: the generator's; GPT constant, xAR linear)")
     p.add_argument("--cfg-interval", type=int, default=-1,
                    help="LlamaGen's cfg_interval: -1 guides every step; c >= 0 guides steps 0..c+1 only")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--temperature", type=_values(float), default=1.0)
+    p.add_argument("--top-k", type=_values(int), default=0)
+    p.add_argument("--top-p", type=_values(float), default=1.0)
     p.add_argument("--num-tokens", type=int, default=None, help="tokens to generate (1D prefix tokenizers only)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=32)
@@ -64,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
                                     top_p=args.top_p, seed=args.seed, num_tokens=args.num_tokens,
                                     batch_size=args.batch_size)
         manifest = sample_prompts(args.model, prompts, args.out, settings, device=pick_device(args.device))
-    except VistokError as e:
+    except (VistokError, ValueError) as e:  # ValueError: sampling options the model cannot take
         print(f"sample.py: error: {e}", file=sys.stderr)
         return 2
     for entry in manifest["prompts"]:

@@ -17,18 +17,19 @@ import torch
 
 from vistok.data.token_cache import file_sha256
 from vistok.generators.prompts import PromptError, resolve_prompt
+from vistok.generators.sampling import check_per_subtoken
 from vistok.hub import WEIGHTS_NAME, load_pretrained
 
 
 @dataclass
 class SamplingSettings:
     num_per_prompt: int = 4
-    cfg_scale: float = 2.0
+    cfg_scale: float | list[float] = 2.0  # lists (cfg_scale .. top_p): one value per sub-token (subvocab)
     cfg_schedule: str | None = None  # None: the generator's default (GPT constant, xAR linear)
     cfg_interval: int = -1  # LlamaGen's: -1 guides every step
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
+    temperature: float | list[float] = 1.0
+    top_k: int | list[int] = 0
+    top_p: float | list[float] = 1.0
     seed: int = 0
     num_tokens: int | None = None
     batch_size: int = 32
@@ -74,6 +75,9 @@ def sample_prompts(run_dir: str | Path, prompts: list[str], out_dir: str | Path,
     from vistok.data.imageio import save_grid, save_image
 
     generator, tokenizer = load_generator_run(run_dir, device)
+    spec = generator.token_spec  # per-sub-token settings are checked before anything is sampled
+    check_per_subtoken(spec.kind, len(spec.vocab_sizes), cfg_scale=settings.cfg_scale,
+                       temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p)
     names = list(generator.class_names or [str(i) for i in range(generator.num_classes)])
     class_ids = getattr(generator, "class_ids", None)
     text = bool(getattr(generator, "conditions_on_text", False))  # prompts go to the text encoder as they are

@@ -39,7 +39,7 @@ from torch import nn
 from vistok.generators.conditioning import Conditioning
 from vistok.generators.heads.base import TokenHead, build_head
 from vistok.generators.kv_cache import KVCache
-from vistok.generators.sampling import guidance_plan
+from vistok.generators.sampling import check_per_subtoken, guidance_plan, uses_guidance
 from vistok.generators.shuffle import TokenShuffle, check_window, from_windows, to_windows
 from vistok.hub import PretrainedModel
 from vistok.layers import RMSNorm, RoPE, TransformerBlock
@@ -235,11 +235,16 @@ class GPT(PretrainedModel):
             ``default_cfg_schedule``), by batch doubling, per decoding step (a token, or a token-shuffle window).
         cfg_interval: LlamaGen's ``cfg_interval`` (``sampling.cfg_guided_at``): -1 guides every step; c >= 0
             guides steps 0..c+1 and samples the rest from the conditional logits alone.
+        For ``subvocab`` tokens cfg_scale, temperature, top_k and top_p may be lists, one value per sub-token
+        (Open-MAGVIT2's per-sub-token sampling settings).
         temperature (0 = greedy), top_k (0 = off), top_p (1 = off): see ``sampling.sample_logits``.
         generator: a ``torch.Generator`` on the model's device; the same seed gives the same tokens.
         use_cache: False recomputes the whole sequence at every step (the slow reference path).
         guidance: run the unconditional branch; None (default) does so iff ``cfg_scale != 1``.
         """
+        check_per_subtoken(self.spec.kind, len(self.spec.vocab_sizes), temperature=temperature, top_k=top_k,
+                           top_p=top_p)
+
         def choose(i: int, h_cond: torch.Tensor, h_uncond: torch.Tensor | None, scale: float) -> torch.Tensor:
             # h (B, s², dim): the s² tokens of a unit are sampled together (one head call on B·s² rows)
             B, n = h_cond.shape[:2]
@@ -278,9 +283,10 @@ class GPT(PretrainedModel):
         window); ``choose(i, h_cond, h_uncond, scale)`` returns unit i's tokens (B, s²[, C]) from the hidden
         states (B, s², dim) that predict them (``h_uncond`` is None on unguided steps)."""
         n = self._check_num_tokens(num_tokens) // (self.window ** 2)  # decoding steps
+        check_per_subtoken(self.spec.kind, len(self.spec.vocab_sizes), cfg_scale=cfg_scale)
         plan = guidance_plan(n, cfg_scale, cfg_schedule or self.default_cfg_schedule, cfg_interval)
         B = len(labels)
-        guided = cfg_scale != 1.0 if guidance is None else guidance
+        guided = uses_guidance(cfg_scale) if guidance is None else guidance
         prefix = self.cond(labels)  # (B, P, dim)
         if guided:  # rows 0..B-1 conditional, B..2B-1 unconditional
             prefix = torch.cat([prefix, self.cond.null(B).to(prefix.dtype)])  # (2B, P, dim)

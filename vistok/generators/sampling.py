@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -49,9 +50,42 @@ def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0
     return torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
 
 
-def cfg_scale_at(step: int, num_steps: int, scale: float, schedule: str = "constant") -> float:
+def is_list(value: object) -> bool:
+    """A per-sub-token list (any sequence but a string, e.g. an OmegaConf ListConfig)."""
+    return isinstance(value, Sequence) and not isinstance(value, str)
+
+
+def per_subtoken(value: float | Sequence[float], count: int, name: str) -> list:
+    """One value per sub-token: a list of ``count`` values as given, or one value repeated."""
+    if not is_list(value):
+        return [value] * count
+    if len(value) != count:
+        raise ValueError(f"{name} has {len(value)} values for {count} sub-tokens; give one per sub-token or one "
+                         "for all")
+    return list(value)
+
+
+def check_per_subtoken(kind: str, count: int, **options: object) -> None:
+    """Per-sub-token lists (Open-MAGVIT2's per-sub-token CFG scales, temperatures, top-k, top-p) apply to
+    ``subvocab`` tokens; for other kinds, or lists of the wrong length, fail with one line naming the option."""
+    for name, value in options.items():
+        if is_list(value):
+            if kind != "subvocab":
+                raise ValueError(f"{name}={list(value)}: one value per sub-token applies to subvocab tokens; this "
+                                 f"model's tokens are {kind!r}, give one number")
+            per_subtoken(value, count, name)
+
+
+def uses_guidance(scale: float | Sequence[float]) -> bool:
+    """Whether a (per-sub-token) scale needs the unconditional branch: any value other than 1."""
+    return any(float(s) != 1.0 for s in (scale if is_list(scale) else [scale]))
+
+
+def cfg_scale_at(step: int, num_steps: int, scale: float | Sequence[float],
+                 schedule: str = "constant") -> float | list[float]:
     """The guidance scale for decoding step ``step`` of ``num_steps`` (0-based). A step is one token, one
-    token-shuffle window or one next-X entity: everything sampled from one backbone pass shares its scale.
+    token-shuffle window or one next-X entity: everything sampled from one backbone pass shares its scale. A list
+    (one scale per sub-token) gives a list, each entry on the same schedule.
 
     - ``constant``: ``scale`` at every step (LlamaGen, Open-MAGVIT2).
     - ``linear``: from 1 (no guidance) at the first step to ``scale`` at the last,
@@ -65,6 +99,8 @@ def cfg_scale_at(step: int, num_steps: int, scale: float, schedule: str = "const
     """
     if schedule not in CFG_SCHEDULES:
         raise ValueError(f"unknown cfg_schedule {schedule!r}; choose one of {CFG_SCHEDULES}")
+    if is_list(scale):
+        return [cfg_scale_at(step, num_steps, float(s), schedule) for s in scale]
     if schedule == "constant" or num_steps <= 1:
         return float(scale)
     r = step / (num_steps - 1)
@@ -84,8 +120,8 @@ def cfg_guided_at(step: int, cfg_interval: int = -1) -> bool:
     return cfg_interval < 0 or step <= cfg_interval + 1
 
 
-def guidance_plan(num_steps: int, scale: float, schedule: str = "constant",
-                  cfg_interval: int = -1) -> list[tuple[float, bool]]:
+def guidance_plan(num_steps: int, scale: float | Sequence[float], schedule: str = "constant",
+                  cfg_interval: int = -1) -> list[tuple[float | list[float], bool]]:
     """(scale, guided) for each of ``num_steps`` decoding steps: the schedule's scale and whether the step uses
     the unconditional branch at all (``cfg_interval``). Unknown schedules and bad intervals fail before sampling."""
     return [(cfg_scale_at(i, num_steps, scale, schedule), cfg_guided_at(i, cfg_interval)) for i in range(num_steps)]

@@ -62,7 +62,7 @@ from torch import nn
 from vistok.generators.entities import build_entities
 from vistok.generators.gpt import GPT, _init_weights, rope_coords
 from vistok.generators.heads.flow import FlowMatchingHead, timestep_embedding
-from vistok.generators.sampling import guidance_plan
+from vistok.generators.sampling import check_per_subtoken, guidance_plan, uses_guidance
 from vistok.registry import register
 
 PREFIX, CONTENT, QUERY = 0, 1, 2
@@ -250,9 +250,10 @@ class XAR(GPT):
         if num_tokens not in (None, self.spec.length):
             raise ValueError(f"next-X models generate all {self.spec.length} tokens (num_tokens={num_tokens})")
         M = len(self.entities)
+        check_per_subtoken(self.spec.kind, len(self.spec.vocab_sizes), cfg_scale=cfg_scale)
         plan = guidance_plan(M, cfg_scale, cfg_schedule or self.default_cfg_schedule, cfg_interval)
         B = len(labels)
-        guided = cfg_scale != 1.0 if guidance is None else guidance
+        guided = uses_guidance(cfg_scale) if guidance is None else guidance
         prefix = self.cond(labels)
         if guided:
             prefix = torch.cat([prefix, self.cond.null(B).to(prefix.dtype)])
@@ -312,6 +313,9 @@ class XAR(GPT):
         """Sample tokens (B, L[, C]), one entity per step (see ``GPT.generate`` for the arguments; the CFG schedule
         defaults to xAR's linear rise across entities; for the flow head, temperature scales the initial noise and
         top-k/top-p do not apply)."""
+        check_per_subtoken(self.spec.kind, len(self.spec.vocab_sizes), temperature=temperature, top_k=top_k,
+                           top_p=top_p)
+
         def choose(m, h_cond, h_uncond, scale):
             B, n = h_cond.shape[:2]
             hu = None if h_uncond is None else h_uncond.flatten(0, 1)

@@ -1,4 +1,5 @@
-"""The ``subvocab`` head: G sub-vocabularies per position (group LFQ), as Open-MAGVIT2's AR model factorizes them.
+"""The ``subvocab`` head: G sub-vocabularies per position (group LFQ, or an LFQ code split into sub-tokens of unequal
+sizes such as Open-MAGVIT2's [6, 12] bits → 64 and 4096), as Open-MAGVIT2's AR model factorizes them.
 
 - Input: the *sum* of G sub-token embeddings (one ``nn.Embedding(V_g, dim)`` per group).
 - Output (``factorized_layers > 0``, Open-MAGVIT2's asymmetric factorization): a small causal "intra-token"
@@ -6,8 +7,12 @@
   with its own zero-initialised Linear, so p(t) = Π_g p(t_g | h, t_<g). With ``factorized_layers=0``: G
   independent softmax heads on h, p(t) = Π_g p(t_g | h).
 - Loss: the sum over groups of the cross-entropies (nats per position), averaged over positions.
-- CFG: on each sub-token's logits, both branches fed the same sampled earlier sub-tokens (Open-MAGVIT2 applies
-  per-sub-token CFG/temperature/top-k/top-p the same way; here one setting serves all groups).
+- Sampling: sub-token g is guided with its own scale, ``l_u + s_g·(l_c − l_u)``, both branches fed the same sampled
+  earlier sub-tokens, then sampled with its own temperature, top-k and top-p: each setting is one value for all
+  sub-tokens or a list with one per sub-token (Open-MAGVIT2's ``sample_Open_MAGVIT2``: e.g. CFG (1.75, 1.85) and
+  temperature (1.1, 1.0) for its XL model). Open-MAGVIT2 skips the formula where s_g ≤ 1 and doubles the batch
+  only when s_0 > 1; here the batch is doubled when any s_g ≠ 1 and every s_g goes through the formula (s_g = 1
+  gives the conditional logits).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from torch import nn
 
 from vistok.generators.heads.base import TokenHead, pad_channel_logits
 from vistok.generators.heads.channel_ar import ChannelAR
-from vistok.generators.sampling import sample_logits
+from vistok.generators.sampling import per_subtoken, sample_logits
 from vistok.registry import register
 from vistok.spec import TokenSpec
 
@@ -70,19 +75,27 @@ class SubvocabHead(TokenHead):
         return sum(ces), stats
 
     def _decode(self, hidden_cond, hidden_uncond, cfg_scale, pick):
-        """One position's G sub-tokens; pick(g, guided_logits (N, V_g)) -> (N,)."""
-        def guide(lc, lu):
-            return lc if lu is None else lu + cfg_scale * (lc - lu)
+        """One position's G sub-tokens; ``cfg_scale``: one scale or one per sub-token; pick(g, guided_logits
+        (N, V_g)) -> (N,)."""
+        scales = per_subtoken(cfg_scale, len(self.sizes), "cfg_scale")
+
+        def guide(g, lc, lu):
+            return lc if lu is None else lu + scales[g] * (lc - lu)
 
         if self.factorized is not None:
-            return self.factorized.decode(hidden_cond, hidden_uncond, lambda g, lc, lu: pick(g, guide(lc, lu)))[0]
+            return self.factorized.decode(hidden_cond, hidden_uncond,
+                                          lambda g, lc, lu: pick(g, guide(g, lc, lu)))[0]
         lcs = self.channel_logits(hidden_cond, None)
         lus = [None] * len(lcs) if hidden_uncond is None else self.channel_logits(hidden_uncond, None)
-        return torch.stack([pick(g, guide(lc, lu)) for g, (lc, lu) in enumerate(zip(lcs, lus))], dim=-1)
+        return torch.stack([pick(g, guide(g, lc, lu)) for g, (lc, lu) in enumerate(zip(lcs, lus))], dim=-1)
 
     def sample(self, hidden_cond, hidden_uncond, cfg_scale, temperature=1.0, top_k=0, top_p=1.0, generator=None):
+        """(N, G) sub-tokens; cfg_scale, temperature, top_k, top_p: one value, or a list with one per sub-token."""
+        G = len(self.sizes)
+        temps, ks, ps = (per_subtoken(temperature, G, "temperature"), per_subtoken(top_k, G, "top_k"),
+                         per_subtoken(top_p, G, "top_p"))
         return self._decode(hidden_cond, hidden_uncond, cfg_scale,
-                            lambda g, lg: sample_logits(lg, temperature, top_k, top_p, generator))  # (N, G)
+                            lambda g, lg: sample_logits(lg, float(temps[g]), int(ks[g]), float(ps[g]), generator))
 
     def forced_logits(self, hidden_cond, hidden_uncond, cfg_scale, tokens):
         trace: list[torch.Tensor] = [None] * len(self.sizes)  # type: ignore[list-item]
