@@ -2,7 +2,7 @@
 ``build("quantizer", {"name": "vq", ...})`` anywhere. Adding a method is a new file plus one decorator line.
 
 Kinds: ``quantizer``, ``tokenizer``, ``generator``, ``head`` (generator output heads, keyed by TokenSpec kind),
-``conditioning``, ``dataset``, ``metric``.
+``conditioning``, ``dataset``, ``metric``, ``perceptual`` and ``discriminator`` (training losses).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ def _ensure_imported() -> None:
     # Importing the subpackages runs their @register decorators.
     import vistok.data  # noqa: F401
     import vistok.generators  # noqa: F401
+    import vistok.losses  # noqa: F401
     import vistok.quantizers  # noqa: F401
     import vistok.tokenizers  # noqa: F401
 
