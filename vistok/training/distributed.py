@@ -109,9 +109,23 @@ def batch_mean(x: torch.Tensor) -> torch.Tensor:
     local = x.mean(0)
     if not active():
         return local
-    from torch.distributed.nn.functional import all_reduce
+    return _SumOverRanks.apply(local) / dist.get_world_size()
 
-    return all_reduce(local) / dist.get_world_size()
+
+class _SumOverRanks(torch.autograd.Function):
+    """all_reduce(SUM) whose backward is all_reduce(SUM) of the incoming gradients."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        out = x.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
 
 
 def all_reduce_mean_(x: torch.Tensor) -> torch.Tensor:
