@@ -112,6 +112,7 @@ class RunConfig:
     model: dict[str, Any] = field(default_factory=lambda: {"name": "conv2d"})
     tokenizer: str | None = None  # generator stage: folder of a trained tokenizer
     token_cache_dir: str = "runs/.cache/tokens"
+    token_cache_augment: str = "none"  # none | flip | ten_crop: views of each image the token cache encodes (LlamaGen)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -139,6 +140,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise ConfigError("stage 'generator' needs tokenizer=<folder of a trained tokenizer>")
     if cfg.stage == "generator" and (cfg.loss.perceptual or cfg.loss.gan.weight):
         raise ConfigError("loss.perceptual and loss.gan are tokenizer-stage losses; remove them for stage generator")
+    if cfg.token_cache_augment not in ("none", "flip", "ten_crop"):
+        raise ConfigError(f"token_cache_augment must be none, flip or ten_crop, got {cfg.token_cache_augment!r}")
     if cfg.train.batch_scope not in ("global", "per_rank"):
         raise ConfigError(f"train.batch_scope must be 'global' or 'per_rank', got {cfg.train.batch_scope!r}")
     if cfg.train.grad_accum < 1:

@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
+from vistok.data.imagefolder import DrawIndex
 from vistok.errors import CheckpointError, ConfigError
 from vistok.hub import PretrainedModel
 from vistok.training import distributed
@@ -98,7 +99,7 @@ class StepBatchSampler(Sampler[list[int]]):
             while len(batch) < self.bs:
                 if pos // self.n != epoch:
                     epoch, perm = pos // self.n, self._perm(pos // self.n)
-                batch.append(int(perm[pos % self.n]))
+                batch.append(DrawIndex(int(perm[pos % self.n]), epoch))  # the epoch seeds augmentation
                 pos += 1
             yield batch
 

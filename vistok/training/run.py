@@ -10,7 +10,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from vistok.data import build_dataset
-from vistok.data.token_cache import build_token_cache
+from vistok.data.token_cache import TEN_CROP_SCALE, build_token_cache
 from vistok.errors import ConfigError
 from vistok.hub import load_pretrained
 from vistok.losses import AdversarialLoss, PerceptualLoss
@@ -85,9 +85,12 @@ def _run(cfg: DictConfig, env: distributed.DistEnv, dist_device: torch.device | 
                               f"takes {tokenizer.resolution}×{tokenizer.resolution} images")
         if not env.is_main:
             distributed.barrier()  # rank 0 encodes the dataset first; the others then read its cache
-        tokens = build_token_cache(tokenizer, cfg.tokenizer, dataset, data_cfg, cfg.token_cache_dir,
+        source = dataset
+        if cfg.token_cache_augment == "ten_crop":  # crops of the ⌊1.1R⌋ center crop
+            source = build_dataset({**data_cfg, "resolution": int(tokenizer.resolution * TEN_CROP_SCALE)})
+        tokens = build_token_cache(tokenizer, cfg.tokenizer, source, data_cfg, cfg.token_cache_dir,
                                    batch_size=cfg.train.batch_size, num_workers=cfg.train.num_workers,
-                                   device=device, progress=progress and env.is_main)
+                                   device=device, progress=progress and env.is_main, augment=cfg.token_cache_augment)
         if env.is_main:
             tokenizer.save_pretrained(run_dir / "tokenizer")  # a generator run folder is self-contained
             distributed.barrier()
