@@ -25,13 +25,24 @@ def _images(n=2, size=32, seed=0):
     return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
 
 
-def test_lpips_without_weights_is_one_line_naming_the_file_and_where_to_put_it(empty_torch_home):
+def test_lpips_without_weights_is_one_line_naming_the_file_and_where_to_put_it(empty_torch_home, monkeypatch):
+    tried = []
+
+    def offline(url, dst, progress=True):  # what the download does on a machine without network
+        tried.append(url)
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     with pytest.raises(ConfigError) as e:
         vistok.build("perceptual", {"name": "lpips"})
     msg = str(e.value)
-    assert "\n" not in msg
+    assert "\n" not in msg and tried == ["https://download.pytorch.org/models/vgg16-397923af.pth"]
     assert str(empty_torch_home / "checkpoints" / "vgg16-397923af.pth") in msg  # the missing file, where it goes
     assert "https://download.pytorch.org/models/vgg16-397923af.pth" in msg and "perceptual.weights=" in msg
+    assert "download" in msg and "backbone=random" in msg
+    with pytest.raises(ConfigError, match="downloads are off"):
+        vistok.build("perceptual", {"name": "lpips", "download": False})
+    assert len(tried) == 1
     with pytest.raises(ConfigError, match="does not exist"):
         vistok.build("perceptual", {"name": "lpips", "weights": str(empty_torch_home / "nope.pth")})
 

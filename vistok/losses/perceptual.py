@@ -7,9 +7,10 @@
 - ``convnext``: the ConvNeXt-S logits loss TiTok's training adds (bytedance/1d-tokenizer ``perceptual_loss.py``):
   MSE between torchvision ConvNeXt-Small ImageNet logits of the two images, resized to 224.
 
-Trunk weights are looked up in torchvision's cache (``$TORCH_HOME/hub/checkpoints/<file>``, where a download puts
-them) or read from ``weights=PATH``. Offline and absent, construction fails with one line naming the missing file
-and where to put it; it never falls back to a random network. ``backbone: random`` asks for a seeded random trunk
+Trunk weights are read from ``weights=PATH`` or from torchvision's cache (``$TORCH_HOME/hub/checkpoints/<file>``),
+downloaded there first when missing and the network allows (``download=false`` forbids it). Offline and absent,
+construction fails with one line naming the missing file and where to put it; it never falls back to a random
+network. ``backbone: random`` asks for a seeded random trunk
 explicitly (tests, plumbing checks). Inputs are images in [-1, 1]; the networks are frozen and always in eval mode.
 """
 
@@ -35,16 +36,36 @@ def torchvision_weights_file(weights_enum: Any) -> tuple[Path, str]:
     return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1], url
 
 
-def find_weights_file(weights_enum: Any, path: str | Path | None, what: str) -> Path:
-    """``path``, or torchvision's cache file for ``weights_enum``; a one-line ConfigError when it is not there."""
+def find_weights_file(weights_enum: Any, path: str | Path | None, what: str, download: bool = True) -> Path:
+    """``path``, or torchvision's cache file for ``weights_enum`` (downloaded there first when missing, if
+    ``download`` and the network allow, as torchvision itself does); a one-line ConfigError when it is not there."""
     default, url = torchvision_weights_file(weights_enum)
-    file = Path(path).expanduser() if path else default
-    if not file.is_file():
-        how = f"perceptual.weights={file} does not exist" if path else f"{file} is missing (offline?)"
-        raise ConfigError(f"{what} needs torchvision's pretrained weights: {how}; download {url} to {default} "
-                          f"(or anywhere, then pass perceptual.weights=PATH). A random trunk must be asked for "
-                          f"explicitly with perceptual.backbone=random")
-    return file
+    if path:
+        file = Path(path).expanduser()
+        if not file.is_file():
+            raise ConfigError(f"perceptual.weights={file} does not exist; {what} needs {url.rsplit('/', 1)[-1]} "
+                              f"from {url}")
+        return file
+    if not default.is_file() and download:
+        import socket
+
+        default.parent.mkdir(parents=True, exist_ok=True)
+        old = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(30)
+        try:
+            torch.hub.download_url_to_file(url, str(default), progress=True)
+        except Exception as e:  # offline, proxy, HTTP error: report below with what to do
+            reason = f"the download from {url} failed ({type(e).__name__})"
+        finally:
+            socket.setdefaulttimeout(old)
+    else:
+        reason = "downloads are off (perceptual.download=false)"
+    if not default.is_file():
+        raise ConfigError(f"{what} needs torchvision's pretrained weights: {default} is missing and {reason}; "
+                          f"put {url.rsplit('/', 1)[-1]} from {url} there (or anywhere, then pass "
+                          f"perceptual.weights=PATH). A random trunk must be asked for explicitly with "
+                          f"perceptual.backbone=random")
+    return default
 
 
 def load_checked_state(file: Path, weights_enum: Any, expected: dict[str, torch.Tensor],
@@ -86,7 +107,7 @@ class LPIPSLoss(nn.Module):
     NETS = {"vgg": "VGG16_Weights", "alex": "AlexNet_Weights", "squeeze": "SqueezeNet1_1_Weights"}
 
     def __init__(self, net: str = "vgg", weights: str | None = None, backbone: str = "pretrained", seed: int = 0,
-                 lin_weights: str | None = None) -> None:
+                 lin_weights: str | None = None, download: bool = True) -> None:
         super().__init__()
         import lpips
         from torchvision import models
@@ -97,7 +118,8 @@ class LPIPSLoss(nn.Module):
         if lin_weights is not None and not Path(lin_weights).is_file():
             raise ConfigError(f"perceptual.lin_weights={lin_weights} does not exist")
         weights_enum = getattr(models, self.NETS[net]).IMAGENET1K_V1
-        file = find_weights_file(weights_enum, weights, f"LPIPS ({net})") if backbone == "pretrained" else None
+        file = find_weights_file(weights_enum, weights, f"LPIPS ({net})", download) if backbone == "pretrained" \
+            else None
         with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
             warnings.simplefilter("ignore", UserWarning)  # torchvision's notice about the `pretrained` argument
             torch.manual_seed(seed)
@@ -122,13 +144,13 @@ class ConvNeXtLogitsLoss(nn.Module):
     """MSE between ConvNeXt-Small ImageNet logits of reconstruction and target, both resized to 224 (TiTok)."""
 
     def __init__(self, weights: str | None = None, backbone: str = "pretrained", seed: int = 0,
-                 input_size: int = 224) -> None:
+                 input_size: int = 224, download: bool = True) -> None:
         super().__init__()
         from torchvision import models
 
         _check_backbone(backbone)
         weights_enum = models.ConvNeXt_Small_Weights.IMAGENET1K_V1
-        file = find_weights_file(weights_enum, weights, "ConvNeXt-S") if backbone == "pretrained" else None
+        file = find_weights_file(weights_enum, weights, "ConvNeXt-S", download) if backbone == "pretrained" else None
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.net = models.convnext_small()

@@ -24,10 +24,11 @@ from vistok.training.tasks import GeneratorTask, TokenizerTask
 
 def held_out_data_cfg(cfg: DictConfig) -> dict[str, Any]:
     """The eval set: ``eval.data`` if given; for generated data (shapes) the same generator with another seed;
-    otherwise the training data itself (say so: a real held-out folder should be passed as eval.data)."""
+    otherwise the training data itself (say so: a real held-out folder should be passed as eval.data). Evaluation
+    never augments (the ADM center crop, as the metrics assume)."""
     if cfg.eval.data:
-        return to_container(cfg.eval.data)
-    data = to_container(cfg.data)
+        return {k: v for k, v in to_container(cfg.eval.data).items() if k != "augment"}
+    data = {k: v for k, v in to_container(cfg.data).items() if k != "augment"}
     if data.get("name") == "shapes":
         return {**data, "seed": int(data.get("seed", 0)) + 1000, "size": max(int(cfg.eval.num_images), 64)}
     return data
