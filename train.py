@@ -1,6 +1,7 @@
 """Train a tokenizer or a generator from a YAML config.
 
     python train.py --config configs/tokenizer/vq_f4_shapes32.yaml [key=value ...] [--resume] [--overwrite]
+    torchrun --nproc_per_node 8 train.py --config ...      # several processes (DDP), see docs/training.md
 
 Stage 1 (``stage: tokenizer``) trains a tokenizer on images. Stage 2 (``stage: generator``, ``tokenizer=<dir>``)
 encodes the dataset once with the frozen tokenizer (cached) and trains the GPT on the tokens. Overrides use
@@ -10,6 +11,7 @@ OmegaConf dot notation, e.g. ``train.steps=2000 model.quantizer.codebook_size=10
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from vistok.errors import VistokError
@@ -32,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     except VistokError as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2
-    print(f"saved to {cfg.run_dir}")
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 speaks
+        print(f"saved to {cfg.run_dir}")
     return 0
 
 

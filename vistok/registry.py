@@ -3,7 +3,8 @@
 
 Kinds (``list_kinds()`` lists what is registered): ``quantizer``, ``tokenizer``, ``prefix`` (1D tokenizers' prefix
 regularizers), ``generator``, ``head`` (generator token heads, keyed by TokenSpec kind), ``entity_head`` (xAR's
-per-entity heads), ``conditioning`` (class labels, text), ``dataset``.
+per-entity heads), ``conditioning`` (class labels, text), ``dataset``, ``perceptual`` and ``discriminator`` (training
+losses).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def _ensure_imported() -> None:
     # Importing the subpackages runs their @register decorators.
     import vistok.data  # noqa: F401
     import vistok.generators  # noqa: F401
+    import vistok.losses  # noqa: F401
     import vistok.quantizers  # noqa: F401
     import vistok.tokenizers  # noqa: F401
 

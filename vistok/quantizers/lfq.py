@@ -54,6 +54,7 @@ import torch.nn.functional as F
 from vistok.errors import ConfigError
 from vistok.quantizers.base import Quantizer, QuantizerOutput
 from vistok.registry import register
+from vistok.training.distributed import batch_mean
 
 CODEBOOK_ENTROPY_POOLS = ("shared", "sum", "mean")
 
@@ -91,7 +92,7 @@ def group_entropy_terms(z: torch.Tensor, num_groups: int | Sequence[int],
     log_probs = F.log_softmax(logits, dim=-1)
     probs = log_probs.exp()
     sample_entropy = -(probs * log_probs).sum(-1).mean(0)  # (G,)
-    marginal = probs.mean(0)  # (G, K): each group's usage over the batch
+    marginal = batch_mean(probs)  # (G, K): each group's usage over the (global, under DDP) batch
     return sample_entropy, entropy(marginal), entropy(marginal.mean(0))
 
 

@@ -15,6 +15,7 @@ from torch import nn
 
 from vistok.quantizers.base import Quantizer, QuantizerOutput, usage_stats
 from vistok.registry import register
+from vistok.training.distributed import batch_mean
 
 
 @register("quantizer", "vq")
@@ -78,6 +79,6 @@ def _entropy_loss(affinity: torch.Tensor, temperature: float) -> torch.Tensor:
     probs = F.softmax(affinity / temperature, dim=-1)
     log_probs = F.log_softmax(affinity / temperature, dim=-1)
     sample_entropy = -(probs * log_probs).sum(-1).mean()
-    avg = probs.mean(0)
+    avg = batch_mean(probs)  # the codebook's usage over the (global, under DDP) batch
     codebook_entropy = -(avg * torch.log(avg.clamp_min(1e-12))).sum()
     return sample_entropy - codebook_entropy

@@ -66,6 +66,11 @@ class KLAutoencoder(Tokenizer):
         q = self.quantizer
         return TokenSpec.bins(q.code_dim, q.num_bins, grid=self.grid, code_dim=q.code_dim)
 
+    @property
+    def last_layer(self) -> torch.Tensor:
+        """The decoder's last weight (VQGAN's adaptive GAN weight compares gradient norms here)."""
+        return self.decoder.conv_out.weight
+
     # ---- continuous pieces ------------------------------------------------------------------------------------
     def posterior(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean, logvar), each (B, N, D) channel-last."""

@@ -56,6 +56,11 @@ class ConvTokenizer(Tokenizer):
         return TokenSpec(kind=q.kind, vocab_sizes=q.codebook_sizes, layout="grid", length=self.grid[0] * self.grid[1],
                          grid=self.grid, code_dim=q.code_dim)
 
+    @property
+    def last_layer(self) -> torch.Tensor:
+        """The decoder's last weight (VQGAN's adaptive GAN weight compares gradient norms here)."""
+        return self.decoder.conv_out.weight
+
     # ---- pieces -----------------------------------------------------------------------------------------------
     def _quantize(self, images: torch.Tensor):
         self.check_images(images)

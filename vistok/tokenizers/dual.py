@@ -201,6 +201,11 @@ class DualCodebookTokenizer(Tokenizer):
         q = self.quantizer
         return TokenSpec.vocab(q.codebook_sizes[0], grid=self.grid, code_dim=q.code_dim)
 
+    @property
+    def last_layer(self) -> torch.Tensor:
+        """The decoder's last weight (VQGAN's adaptive GAN weight compares gradient norms here)."""
+        return self.pixel_decoder.conv_out.weight
+
     # ---- branches ---------------------------------------------------------------------------------------------
     @torch.no_grad()
     def teacher_features(self, images: torch.Tensor) -> torch.Tensor:

@@ -171,6 +171,11 @@ class ViT1DTokenizer(Tokenizer):
         return TokenSpec(kind=q.kind, vocab_sizes=q.codebook_sizes, layout="seq", length=self.num_tokens,
                          prefix_ok=self.prefix_name != "none", code_dim=q.code_dim)
 
+    @property
+    def last_layer(self) -> torch.Tensor:
+        """The decoder's last weight (VQGAN's adaptive GAN weight compares gradient norms here)."""
+        return self.decoder.conv_out.weight
+
     # ---- pieces -----------------------------------------------------------------------------------------------
     def _quantize(self, images: torch.Tensor):
         self.check_images(images)

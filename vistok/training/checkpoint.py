@@ -1,11 +1,12 @@
 """Atomic, pickle-free training checkpoints.
 
 A checkpoint is a folder ``<run>/checkpoints/step_0001000/`` holding the model as ``config.json`` +
-``model.safetensors`` (``save_pretrained``) and ``state.pt`` with everything else a resume needs (optimizer,
-scheduler, step, RNG states): plain tensors and containers, loaded with ``torch.load(weights_only=True)`` so a
-checkpoint can never execute code. The folder is written under a temporary name and renamed into place, then the
-``latest`` pointer is replaced atomically: a run killed at any instant leaves either the previous or the new
-checkpoint, never a half-written one.
+``model.safetensors`` (``save_pretrained``), other weights a run carries as ``<name>.safetensors`` (``ema``: the EMA
+weights, ``discriminator``: the GAN discriminator and its statistics), and ``state.pt`` with everything else a
+resume needs (optimizers, schedulers, step, every rank's RNG state, the world size and batch it was written with):
+plain tensors and containers, loaded with ``torch.load(weights_only=True)`` so a checkpoint can never execute code.
+The folder is written under a temporary name and renamed into place, then the ``latest`` pointer is replaced
+atomically: a run killed at any instant leaves either the previous or the new checkpoint, never a half-written one.
 """
 
 from __future__ import annotations
@@ -58,14 +59,19 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 def save_checkpoint(run_dir: str | Path, step: int, model: PretrainedModel, state: dict[str, Any],
-                    keep: int = 2) -> Path:
-    """Write ``run_dir/checkpoints/step_<step>/`` atomically and point ``latest`` at it; keep the newest ``keep``."""
+                    keep: int = 2, tensors: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
+    """Write ``run_dir/checkpoints/step_<step>/`` atomically and point ``latest`` at it; keep the newest ``keep``.
+    ``tensors``: named weight dicts written as ``<name>.safetensors`` next to the model."""
+    from safetensors.torch import save_file
+
     ckpt_root = Path(run_dir) / "checkpoints"
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"step_{step:07d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=ckpt_root))
     try:
         model.save_pretrained(tmp / "model")
+        for name, weights in (tensors or {}).items():
+            save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(tmp / f"{name}.safetensors"))
         torch.save({**state, "step": step}, tmp / STATE_NAME)
         if final.exists():
             shutil.rmtree(final)
@@ -91,15 +97,31 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 
 
 def load_checkpoint(path: str | Path, model: torch.nn.Module) -> dict[str, Any]:
-    """Load weights into ``model`` (strict, from safetensors) and return the training state dict."""
+    """Load weights into ``model`` and return the training state dict.
+
+    A model that defines ``load_checkpoint_weights(folder: Path)`` loads itself from the checkpoint's model folder
+    (what its ``save_pretrained`` wrote there; e.g. a model that saves only its trainable part); any other model is
+    loaded strictly from ``model/model.safetensors``.
+    """
     from safetensors.torch import load_file
 
     path = Path(path)
-    weights = path / "model" / "model.safetensors"
-    if not weights.is_file():
-        raise CheckpointError(f"{weights}: missing; {path} is not a complete checkpoint")
-    load_state_dict_strict(model, load_file(str(weights)), source=str(weights))
+    if hasattr(model, "load_checkpoint_weights"):
+        model.load_checkpoint_weights(path / "model")
+    else:
+        weights = path / "model" / "model.safetensors"
+        if not weights.is_file():
+            raise CheckpointError(f"{weights}: missing; {path} is not a complete checkpoint")
+        load_state_dict_strict(model, load_file(str(weights)), source=str(weights))
     try:
         return torch.load(path / STATE_NAME, map_location="cpu", weights_only=True)
     except Exception as e:  # an unpickling refusal or a corrupt file: say which file
         raise CheckpointError(f"{path / STATE_NAME}: cannot be loaded safely ({type(e).__name__}: {e})") from e
+
+
+def load_checkpoint_tensors(path: str | Path, name: str) -> dict[str, torch.Tensor] | None:
+    """The ``<name>.safetensors`` weights of a checkpoint, or None when the checkpoint has none (older runs)."""
+    from safetensors.torch import load_file
+
+    file = Path(path) / f"{name}.safetensors"
+    return load_file(str(file)) if file.is_file() else None

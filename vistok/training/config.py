@@ -17,15 +17,28 @@ from vistok.errors import ConfigError
 
 
 @dataclass
+class EMAConfig:
+    """EMA of the trainable weights (``ema.py``). decay 0 turns it off; LlamaGen's GPT uses 0.9999, TiTok 0.999."""
+
+    decay: float = 0.0
+    start: int = 0  # before this step the EMA follows the weights
+    every: int = 1  # update every k optimizer steps
+    use_for_outputs: bool = True  # evaluation, image grids and save_pretrained (so the token cache) use EMA weights
+
+
+@dataclass
 class TrainConfig:
     steps: int = 1000
     batch_size: int = 64
+    batch_scope: str = "global"  # global: batch_size images per optimizer step over all ranks | per_rank
+    grad_accum: int = 1  # micro-batches per optimizer step (each rank: its batch / grad_accum images at a time)
     lr: float = 3e-4
     min_lr_ratio: float = 0.1
     warmup_steps: int = 100
     weight_decay: float = 0.0
     beta1: float = 0.9
     beta2: float = 0.95
+    eps: float = 1e-8  # AdamW epsilon
     grad_clip: float = 1.0
     log_every: int = 50
     image_every: int = 500
@@ -36,6 +49,7 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 (autocast; used where the device supports it)
     device: str = "auto"  # auto | cpu | cuda | mps
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
+    ema: EMAConfig = field(default_factory=EMAConfig)
 
 
 @dataclass
@@ -59,6 +73,38 @@ class EvalConfig:
 
 
 @dataclass
+class GANConfig:
+    """The adversarial loss (``vistok/losses/gan.py``); weight 0 turns it off. Defaults: LlamaGen's VQ training."""
+
+    weight: float = 0.0  # LlamaGen 0.5 (disc_weight), TiTok 0.01-0.1, Open-MAGVIT2 0.1
+    start: int = 0  # disc_start: no GAN term and no discriminator training before this step (LlamaGen 20000)
+    discriminator: dict[str, Any] = field(default_factory=lambda: {"name": "patchgan"})
+    d_loss: str = "hinge"  # hinge | non_saturating
+    g_loss: str = "hinge"  # hinge | non_saturating
+    adaptive_weight: bool = False  # VQGAN's gradient-norm ratio at the decoder's last layer
+    adaptive_weight_max: float = 1e4
+    lecam_weight: float = 0.0  # TiTok 0.001, Open-MAGVIT2 0.05
+    lecam_decay: float = 0.999
+    # the discriminator's own optimizer (AdamW) and schedule (warmup + cosine over the steps after `start`)
+    lr: float = 1e-4
+    beta1: float = 0.9
+    beta2: float = 0.95
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    min_lr_ratio: float = 1.0
+    grad_clip: float = 1.0
+
+
+@dataclass
+class LossConfig:
+    """Training losses added to a tokenizer's own (tokenizer stage only)."""
+
+    # None, or {name: lpips|convnext, weight: w, ...}, or a list of those (vistok/losses/perceptual.py)
+    perceptual: Any = None
+    gan: GANConfig = field(default_factory=GANConfig)
+
+
+@dataclass
 class RunConfig:
     stage: str = "tokenizer"  # tokenizer | generator
     run_dir: str = "runs/default"
@@ -66,9 +112,11 @@ class RunConfig:
     model: dict[str, Any] = field(default_factory=lambda: {"name": "conv2d"})
     tokenizer: str | None = None  # generator stage: folder of a trained tokenizer
     token_cache_dir: str = "runs/.cache/tokens"
+    token_cache_augment: str = "none"  # none | flip | ten_crop: views of each image the token cache encodes (LlamaGen)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> DictConfig:
@@ -90,6 +138,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise ConfigError(f"stage must be 'tokenizer' or 'generator', got {cfg.stage!r}")
     if cfg.stage == "generator" and not cfg.tokenizer:
         raise ConfigError("stage 'generator' needs tokenizer=<folder of a trained tokenizer>")
+    if cfg.stage == "generator" and (cfg.loss.perceptual or cfg.loss.gan.weight):
+        raise ConfigError("loss.perceptual and loss.gan are tokenizer-stage losses; remove them for stage generator")
+    if cfg.token_cache_augment not in ("none", "flip", "ten_crop"):
+        raise ConfigError(f"token_cache_augment must be none, flip or ten_crop, got {cfg.token_cache_augment!r}")
+    if cfg.train.batch_scope not in ("global", "per_rank"):
+        raise ConfigError(f"train.batch_scope must be 'global' or 'per_rank', got {cfg.train.batch_scope!r}")
+    if cfg.train.grad_accum < 1:
+        raise ConfigError(f"train.grad_accum must be >= 1, got {cfg.train.grad_accum}")
     return cfg
 
 

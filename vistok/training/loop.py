@@ -1,15 +1,18 @@
 """The training loop shared by every stage (nanoGPT-direct, with the hooks a serious run needs).
 
-One optimizer step per batch: AdamW, warmup + cosine schedule, gradient clipping, optional bf16 autocast, tqdm
-progress with loss and throughput, a JSONL log, periodic image grids and evaluations, and atomic checkpoints
-every N steps. The data order is a pure function of (seed, step), so a resumed run sees exactly the batches the
-uninterrupted run would have seen; with the RNG states restored from the checkpoint, resuming reproduces the
-uninterrupted run's parameters.
+One optimizer step per batch: AdamW, warmup + cosine schedule, gradient clipping, optional bf16 autocast, gradient
+accumulation over micro-batches, an optional EMA of the weights, tqdm progress with loss and throughput, a JSONL
+log, periodic image grids and evaluations, and atomic checkpoints every N steps. The data order is a pure function
+of (seed, step), so a resumed run sees exactly the batches the uninterrupted run would have seen; with the RNG
+states restored from the checkpoint, resuming reproduces the uninterrupted run's parameters.
+
+Several processes (``torchrun``, see ``distributed.py``): the model (and discriminator) are wrapped in DDP, each
+rank takes its slice of every global batch of the same deterministic stream, logged scalars are averaged over ranks,
+and only rank 0 writes logs, images, checkpoints and the final model. N ranks × B images per step compute the same
+update as one process with N·B images (up to floating-point summation order).
 
 What is stage-specific lives in a :class:`Task` (``tasks.py``): the loss of one batch, what images to save and
-what to evaluate. Later additions slot in without restructuring: EMA weights and GAN/perceptual losses are Task
-concerns (a GAN task owns its discriminator and second optimizer in ``training_step``); DDP wraps ``task.model``
-and shards ``StepBatchSampler`` by rank.
+what to evaluate, and optionally a discriminator trained by its own optimizer.
 """
 
 from __future__ import annotations
@@ -25,13 +28,34 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
+from vistok.data.imagefolder import DrawIndex
+from vistok.errors import CheckpointError, ConfigError
 from vistok.hub import PretrainedModel
-from vistok.training.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from vistok.training import distributed
+from vistok.training.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    load_checkpoint_tensors,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from vistok.training.config import TrainConfig
+from vistok.training.ema import EMA
 from vistok.training.schedule import build_scheduler
 
 
 class Task(Protocol):
+    """What a stage supplies to :func:`train`.
+
+    The loop sets ``task.train_model`` to the module to call for training forwards (the DDP wrapper of ``model``
+    with several processes, ``model`` itself otherwise); ``training_step`` must run its forward through it so that
+    gradients are averaged across ranks. A task may also have a ``discriminator`` (an ``nn.Module`` trained by its
+    own optimizer with the settings in ``discriminator_optim``: lr, beta1, beta2, weight_decay, warmup_steps,
+    min_lr_ratio, grad_clip, start) and ``discriminator_step(batch, step)``, called after each ``training_step``
+    from step ``start`` on, which runs the discriminator through ``task.train_discriminator``.
+    """
+
     model: PretrainedModel
 
     def training_step(self, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
@@ -46,17 +70,28 @@ class Task(Protocol):
 
 class StepBatchSampler(Sampler[list[int]]):
     """Batches for steps ``start_step .. total_steps-1``: the stream of epoch permutations (each seeded by
-    (seed, epoch)) cut into batches, so batch ``s`` is the same whether or not the run was interrupted."""
+    (seed, epoch)) cut into global batches of ``batch_size``, so batch ``s`` is the same whether or not the run was
+    interrupted, and whatever the number of processes.
 
-    def __init__(self, num_items: int, batch_size: int, total_steps: int, seed: int, start_step: int = 0) -> None:
+    With ``world_size`` ranks, rank r takes the r-th of ``world_size`` equal slices of every global batch (what
+    ``DistributedSampler`` does to an epoch, applied to each step's batch, so the union over ranks is the one-process
+    batch) and yields it as ``grad_accum`` consecutive micro-batches.
+    """
+
+    def __init__(self, num_items: int, batch_size: int, total_steps: int, seed: int, start_step: int = 0,
+                 rank: int = 0, world_size: int = 1, grad_accum: int = 1) -> None:
         if num_items <= 0:
             raise ValueError("the training dataset is empty")
+        if batch_size % (world_size * grad_accum):
+            raise ValueError(f"the global batch {batch_size} is not divisible by {world_size} ranks × {grad_accum} "
+                             "accumulation steps")
         self.n, self.bs, self.total, self.seed, self.start = num_items, batch_size, total_steps, seed, start_step
+        self.rank, self.world, self.accum = rank, world_size, grad_accum
 
     def _perm(self, epoch: int) -> torch.Tensor:
         return torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def global_batches(self) -> Iterator[list[int]]:
         pos = self.start * self.bs
         epoch, perm = pos // self.n, self._perm(pos // self.n)
         for _ in range(self.start, self.total):
@@ -64,12 +99,20 @@ class StepBatchSampler(Sampler[list[int]]):
             while len(batch) < self.bs:
                 if pos // self.n != epoch:
                     epoch, perm = pos // self.n, self._perm(pos // self.n)
-                batch.append(int(perm[pos % self.n]))
+                batch.append(DrawIndex(int(perm[pos % self.n]), epoch))  # the epoch seeds augmentation
                 pos += 1
             yield batch
 
+    def __iter__(self) -> Iterator[list[int]]:
+        per_rank = self.bs // self.world
+        micro = per_rank // self.accum
+        for batch in self.global_batches():
+            mine = batch[self.rank * per_rank:(self.rank + 1) * per_rank]
+            for i in range(self.accum):
+                yield mine[i * micro:(i + 1) * micro]
+
     def __len__(self) -> int:
-        return self.total - self.start
+        return (self.total - self.start) * self.accum
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -90,92 +133,267 @@ def autocast_context(device: torch.device, precision: str):
     return nullcontext()
 
 
+def global_batch_size(cfg: TrainConfig, world_size: int) -> int:
+    """Images per optimizer step over all ranks (``batch_scope``: ``global`` or ``per_rank``), checked to split
+    evenly into ranks × accumulation steps."""
+    global_batch = cfg.batch_size if cfg.batch_scope == "global" else cfg.batch_size * world_size
+    if global_batch % (world_size * cfg.grad_accum):
+        raise ConfigError(f"train.batch_size={cfg.batch_size} ({cfg.batch_scope}) does not split into {world_size} "
+                          f"ranks × train.grad_accum={cfg.grad_accum} equal micro-batches")
+    return global_batch
+
+
+def _adamw(params: list[torch.nn.Parameter], lr: float, betas: tuple[float, float], weight_decay: float,
+           device: torch.device, eps: float = 1e-8) -> torch.optim.AdamW:
+    decay = [p for p in params if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in params if p.requires_grad and p.ndim < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}],
+                             lr=lr, betas=betas, eps=eps, fused=device.type == "cuda")
+
+
+def _wrap_ddp(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    if not distributed.active():
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    # find_unused_parameters: some parts are used only on some steps (a mask token under nested dropout)
+    return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
+                                   find_unused_parameters=True)
+
+
+def _sync_context(module: torch.nn.Module, sync: bool):
+    """DDP all-reduces gradients on the last micro-batch of a step only."""
+    return nullcontext() if sync or not hasattr(module, "no_sync") else module.no_sync()
+
+
 def train(task: Task, dataset: Dataset, cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False,
           device: torch.device | None = None, callbacks: list[Callable[[int], None]] | None = None,
           eval_every: int = 0, progress: bool = True) -> PretrainedModel:
-    """Run (or continue) training; returns the trained model, also saved with ``save_pretrained(run_dir)``.
+    """Run (or continue) training; returns the trained model (holding the EMA weights when those are the outputs),
+    also saved with ``save_pretrained(run_dir)``.
 
     ``callbacks`` are called with the number of completed steps after each step (tests use one to simulate a
     crash; a callback may raise to stop the run).
     """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    rank, world = distributed.rank(), distributed.world_size()
+    main = rank == 0
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     device = device or pick_device(cfg.device)
+    global_batch = global_batch_size(cfg, world)
     model = task.model
     model.to(device)
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                                  fused=device.type == "cuda")
+    optimizer = _adamw(list(model.parameters()), cfg.lr, (cfg.beta1, cfg.beta2), cfg.weight_decay, device, cfg.eps)
     scheduler = build_scheduler(optimizer, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio)
+    ema = EMA(model, cfg.ema.decay, cfg.ema.start, cfg.ema.every) if cfg.ema.decay > 0 else None
+
+    disc = getattr(task, "discriminator", None)
+    d_opt = d_sched = None
+    if disc is not None:
+        d = task.discriminator_optim
+        disc.to(device)
+        d_opt = _adamw(list(disc.parameters()), d.lr, (d.beta1, d.beta2), d.weight_decay, device)
+        # its schedule counts discriminator steps, which start at `start`
+        d_sched = build_scheduler(d_opt, max(1, cfg.steps - int(d.start)), d.warmup_steps, d.min_lr_ratio)
 
     start = 0
     ckpt = latest_checkpoint(run_dir) if resume else None
     if ckpt is not None:
-        state = load_checkpoint(ckpt, model)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
-        start = int(state["step"])
-        print(f"resumed from {ckpt} at step {start}")
-    elif resume:
-        print(f"no checkpoint in {run_dir / 'checkpoints'}; starting from step 0")
+        start = _resume(ckpt, cfg, model, optimizer, scheduler, ema, disc, d_opt, d_sched, global_batch, main)
     else:
-        torch.manual_seed(cfg.seed)
+        if resume and main:
+            print(f"no checkpoint in {run_dir / 'checkpoints'}; starting from step 0")
+        torch.manual_seed(cfg.seed + 100_003 * rank)  # per-rank random streams (dropout, noise); rank 0: cfg.seed
 
-    loader = DataLoader(dataset, batch_sampler=StepBatchSampler(len(dataset), cfg.batch_size, cfg.steps, cfg.seed,
-                                                                start),
-                        num_workers=cfg.num_workers, persistent_workers=False, pin_memory=device.type == "cuda")
-    log_file = (run_dir / "log.jsonl").open("a")
+    task.train_model = _wrap_ddp(model, device)
+    if disc is not None:
+        task.train_discriminator = _wrap_ddp(disc, device)
+    sampler = StepBatchSampler(len(dataset), global_batch, cfg.steps, cfg.seed, start, rank, world, cfg.grad_accum)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.num_workers, persistent_workers=False,
+                        pin_memory=device.type == "cuda")
+    log_file = (run_dir / "log.jsonl").open("a") if main else None
+    outputs = (lambda: ema.swapped(model)) if ema is not None and cfg.ema.use_for_outputs else nullcontext
     model.train()
-    bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc=f"train {run_dir.name}", dynamic_ncols=True)
+    bar = tqdm(total=cfg.steps, initial=start, disable=not progress or not main, desc=f"train {run_dir.name}",
+               dynamic_ncols=True)
     window_t, window_items = time.perf_counter(), 0
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    batches = iter(loader)
     step = start
     try:
-        for batch in loader:
-            batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-            with autocast_context(device, cfg.precision):
-                loss, logs = task.training_step(batch, step)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower train.lr or check the data "
-                                         f"(last checkpoint: {latest_checkpoint(run_dir)})")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+        while step < cfg.steps:
+            micro_batches = [next(batches) for _ in range(cfg.grad_accum)]
+            logs: dict[str, float] = {}
+            loss_sum = 0.0
+            d_on = disc is not None and step >= task.discriminator_optim.start
+            for i, batch in enumerate(micro_batches):
+                batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+                last = i == cfg.grad_accum - 1
+                with _sync_context(task.train_model, last):
+                    with autocast_context(device, cfg.precision):
+                        loss, step_logs = task.training_step(batch, step)
+                    _check_finite(loss, step, run_dir)
+                    (loss / cfg.grad_accum).backward()
+                if d_on:  # after the generator side of the same micro-batch, as LlamaGen/taming alternate them
+                    with _sync_context(task.train_discriminator, last):
+                        with autocast_context(device, cfg.precision):
+                            d_loss, d_logs = task.discriminator_step(batch, step)
+                        _check_finite(d_loss, step, run_dir)
+                        (d_loss / cfg.grad_accum).backward()
+                    step_logs = {**step_logs, **d_logs}
+                loss_sum += float(loss.detach())
+                for k, v in step_logs.items():
+                    logs[k] = logs.get(k, 0.0) + float(v) / cfg.grad_accum
+                window_items += len(next(iter(v for v in batch.values() if torch.is_tensor(v))))
             grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                          if cfg.grad_clip > 0 else torch.tensor(0.0))
             optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
             scheduler.step()
+            if d_on:
+                if task.discriminator_optim.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(disc.parameters(), task.discriminator_optim.grad_clip)
+                d_opt.step()
+                d_opt.zero_grad(set_to_none=True)
+                d_sched.step()
             step += 1
-            window_items += len(next(iter(v for v in batch.values() if torch.is_tensor(v))))
+            if ema is not None:
+                ema.update(model, step)
             bar.update(1)
 
             if step % cfg.log_every == 0 or step == cfg.steps:
                 elapsed = time.perf_counter() - window_t
-                record = {"step": step, "loss": loss.item(), "lr": scheduler.get_last_lr()[0],
-                          "grad_norm": float(grad_norm), "items_per_s": window_items / max(elapsed, 1e-9), **logs}
-                log_file.write(json.dumps(record) + "\n")
-                log_file.flush()
+                record = distributed.mean_scalars(
+                    {"loss": loss_sum / cfg.grad_accum, "grad_norm": float(grad_norm), **logs}, device)
+                record = {"step": step, "lr": scheduler.get_last_lr()[0],
+                          "items_per_s": window_items * world / max(elapsed, 1e-9), **record}
+                if device.type == "cuda":
+                    record["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+                if main:
+                    log_file.write(json.dumps(record) + "\n")
+                    log_file.flush()
                 bar.set_postfix(loss=f"{record['loss']:.4f}", ips=f"{record['items_per_s']:.0f}")
                 window_t, window_items = time.perf_counter(), 0
             if cfg.image_every and (step % cfg.image_every == 0 or step == cfg.steps):
-                _in_eval(model, task.save_images, step, run_dir / "images" / f"step_{step:07d}.png")
+                if main:
+                    with outputs():
+                        _in_eval(model, task.save_images, step, run_dir / "images" / f"step_{step:07d}.png")
+                distributed.barrier()
             if cfg.ckpt_every and (step % cfg.ckpt_every == 0 or step == cfg.steps):
-                save_checkpoint(run_dir, step, model, {"optimizer": optimizer.state_dict(),
-                                                       "scheduler": scheduler.state_dict(), "rng": rng_state()},
-                                keep=cfg.keep_checkpoints)
+                _save(run_dir, step, cfg, model, optimizer, scheduler, ema, disc, d_opt, d_sched, global_batch)
             if eval_every and step % eval_every == 0 and step != cfg.steps:
-                _log_eval(log_file, step, _in_eval(model, task.evaluate, step))
+                if main:
+                    with outputs():
+                        _log_eval(log_file, step, _in_eval(model, task.evaluate, step))
+                distributed.barrier()
             for cb in callbacks or []:
                 cb(step)
-        _log_eval(log_file, step, _in_eval(model, task.evaluate, step))
+        if main:
+            with outputs():
+                _log_eval(log_file, step, _in_eval(model, task.evaluate, step))
     finally:
         bar.close()
-        log_file.close()
+        if log_file is not None:
+            log_file.close()
     model.eval()
-    model.save_pretrained(run_dir)
+    if main:
+        _save_final(model, ema, cfg.ema.use_for_outputs, run_dir)
+    if ema is not None and cfg.ema.use_for_outputs:
+        ema.copy_to(model)
+    distributed.barrier()
     return model
+
+
+def _check_finite(loss: torch.Tensor, step: int, run_dir: Path) -> None:
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower train.lr or check the data "
+                                 f"(last checkpoint: {latest_checkpoint(run_dir)})")
+
+
+def _save_final(model: PretrainedModel, ema: EMA | None, ema_outputs: bool, run_dir: Path) -> None:
+    """``run_dir`` gets the output weights (EMA ones by default when EMA is on); the other set goes to
+    ``run_dir/non_ema`` (or ``run_dir/ema``) so both can be evaluated."""
+    if ema is None:
+        model.save_pretrained(run_dir)
+        return
+    model.save_pretrained(run_dir / ("non_ema" if ema_outputs else ""))
+    with ema.swapped(model):
+        model.save_pretrained(run_dir / ("" if ema_outputs else "ema"))
+
+
+def _save(run_dir: Path, step: int, cfg: TrainConfig, model: PretrainedModel, optimizer, scheduler, ema: EMA | None,
+          disc: torch.nn.Module | None, d_opt, d_sched, global_batch: int) -> None:
+    """Checkpoint (rank 0 writes; every rank contributes its RNG state)."""
+    rngs = distributed.gather_objects(rng_state())
+    if distributed.rank() == 0:
+        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rngs[0],
+                 "rng_per_rank": rngs, "world_size": len(rngs), "global_batch": global_batch,
+                 "grad_accum": cfg.grad_accum}
+        tensors = {}
+        if ema is not None:
+            tensors["ema"] = ema.state_dict()
+        if disc is not None:
+            tensors["discriminator"] = disc.state_dict()
+            state.update(disc_optimizer=d_opt.state_dict(), disc_scheduler=d_sched.state_dict())
+        save_checkpoint(run_dir, step, model, state, keep=cfg.keep_checkpoints, tensors=tensors)
+    distributed.barrier()
+
+
+def _resume(ckpt: Path, cfg: TrainConfig, model: PretrainedModel, optimizer, scheduler, ema: EMA | None,
+            disc: torch.nn.Module | None, d_opt, d_sched, global_batch: int, main: bool) -> int:
+    """Restore everything from ``ckpt`` (every rank reads the same folder); returns the step to continue from.
+    Parts the checkpoint lacks (an older run without EMA or discriminator) start fresh, and the run says so."""
+    say = print if main else (lambda *a, **k: None)
+    state = load_checkpoint(ckpt, model)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    start = int(state["step"])
+    rank, world = distributed.rank(), distributed.world_size()
+    saved_world = int(state.get("world_size", 1))
+    saved_batch = int(state.get("global_batch", global_batch))
+    if saved_world != world:
+        if cfg.batch_scope == "per_rank":
+            raise CheckpointError(
+                f"{ckpt} was written by {saved_world} process(es), this run has {world}: with "
+                f"train.batch_scope=per_rank that changes the global batch ({saved_batch} → {global_batch}); resume "
+                f"with {saved_world} process(es), or set train.batch_scope=global train.batch_size={saved_batch}")
+        say(f"{ckpt} was written by {saved_world} process(es), resuming on {world}: the global batch "
+            f"({global_batch}) and the data order are kept; per-rank random streams (dropout, noise) are re-seeded, "
+            "so the run will not bit-match an uninterrupted one")
+    if saved_batch != global_batch:
+        say(f"note: {ckpt} was trained with a global batch of {saved_batch}, this run uses {global_batch}; "
+            "the data stream from here on differs from the original run's")
+    per_rank = state.get("rng_per_rank")
+    if per_rank is not None and len(per_rank) == world:
+        set_rng_state(per_rank[rank])
+    elif per_rank is None and world == 1:
+        set_rng_state(state["rng"])  # a checkpoint from before multi-process training
+    else:
+        torch.manual_seed(cfg.seed + 100_003 * rank + start)
+    ema_state = load_checkpoint_tensors(ckpt, "ema")
+    if ema is not None:
+        if ema_state is None:
+            say(f"{ckpt} has no EMA weights: the EMA re-initializes from the model's weights at step {start}")
+        else:
+            ema.load_state_dict(ema_state, str(ckpt / "ema.safetensors"))
+    elif ema_state is not None:
+        say(f"{ckpt} has EMA weights but train.ema.decay is 0: they are not used")
+    if disc is not None:
+        disc_state = load_checkpoint_tensors(ckpt, "discriminator")
+        if disc_state is None or "disc_optimizer" not in state:
+            say(f"{ckpt} has no discriminator state: the discriminator, its optimizer and its schedule "
+                f"re-initialize at step {start}")
+        else:
+            from vistok.hub import load_state_dict_strict
+
+            load_state_dict_strict(disc, disc_state, source=str(ckpt / "discriminator.safetensors"))
+            d_opt.load_state_dict(state["disc_optimizer"])
+            d_sched.load_state_dict(state["disc_scheduler"])
+    say(f"resumed from {ckpt} at step {start}")
+    return start
 
 
 def _log_eval(log_file, step: int, metrics: dict[str, float] | None) -> None:

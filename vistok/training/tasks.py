@@ -9,27 +9,76 @@ import torch
 from torch.utils.data import Dataset
 
 from vistok.metrics.evaluate import evaluate_reconstruction
+from vistok.training import distributed
 
 
 def _scalars(d: dict[str, torch.Tensor], prefix: str = "") -> dict[str, float]:
     return {f"{prefix}{k}": float(v.detach()) for k, v in d.items()}
 
 
+def _batch_codebook_stats(tokens: torch.Tensor, spec: Any) -> dict[str, float]:
+    """Codebook usage and perplexity of this step's *global* batch (tokens gathered from every rank), per index
+    channel and averaged, as the evaluation's ``CodebookUsage`` defines them; the same numbers at any world size."""
+    from vistok.metrics.codebook import CodebookUsage
+
+    usage = CodebookUsage(spec)
+    usage.update(distributed.gather_cat(tokens.detach()))
+    result = usage.result()
+    return {"batch_codebook_usage": result["codebook_usage"],
+            "batch_codebook_perplexity": result["codebook_perplexity"]}
+
+
 class TokenizerTask:
-    """Stage 1: images → reconstruction + named losses; grids of original/reconstruction pairs; PSNR/SSIM eval."""
+    """Stage 1: images → reconstruction + named losses; grids of original/reconstruction pairs; PSNR/SSIM eval.
+
+    The loss is the tokenizer's own (pixel + quantizer/KL/distillation terms) plus, when configured, perceptual terms
+    on the reconstruction (``perceptual``: a :class:`~vistok.losses.perceptual.PerceptualLoss`) and the adversarial
+    term (``adversary``: an :class:`~vistok.losses.gan.AdversarialLoss`, trained as the loop's ``discriminator``
+    with the settings ``adversary_optim``). VQGAN's adaptive weight balances the GAN term against
+    L_nll = pixel + perceptual at the tokenizer's ``last_layer``. Works for any tokenizer whose forward returns a
+    ``TokenizerOutput`` with a ``"recon"`` loss.
+    """
 
     def __init__(self, model: Any, eval_dataset: Dataset, eval_images: int = 256, batch_size: int = 64,
-                 fid_inception: str | None = None) -> None:
-        self.model = model
+                 fid_inception: str | None = None, perceptual: Any = None, adversary: Any = None,
+                 adversary_optim: Any = None) -> None:
+        self.model = self.train_model = model
         self.eval_dataset, self.eval_images, self.batch_size = eval_dataset, eval_images, batch_size
         self.fid = _PeriodicFID(fid_inception)
         n = min(16, len(eval_dataset))
         self.fixed = torch.stack([eval_dataset[i]["image"] for i in range(n)])
+        self.perceptual = perceptual
+        self.discriminator = self.train_discriminator = adversary
+        if adversary is not None:
+            self.discriminator_optim = adversary_optim
+        self._for_discriminator: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def training_step(self, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        out = self.model(batch["image"])
-        loss = sum(out.losses.values())
-        return loss, {**_scalars(out.losses, "loss/"), **_scalars(out.stats)}
+        images = batch["image"]
+        out = self.train_model(images)
+        losses = dict(out.losses)
+        if self.perceptual is not None:
+            self.perceptual.to(images.device)
+            losses.update(self.perceptual(out.reconstruction, images))
+        logs: dict[str, float] = {}
+        if self.discriminator is not None:
+            nll = losses["recon"] + sum((losses[k] for k in getattr(self.perceptual, "names", [])), 0.0)
+            gan, logs = self.discriminator.generator_loss(out.reconstruction, nll, step,
+                                                          getattr(self.model, "last_layer", None))
+            if self.discriminator.active(step):
+                losses["gan"] = gan
+            self._for_discriminator = (images, out.reconstruction.detach())
+        loss = sum(losses.values())
+        stats = _scalars(out.stats)
+        if out.tokens is not None:
+            stats.update(_batch_codebook_stats(out.tokens, self.model.token_spec))
+        return loss, {**_scalars(losses, "loss/"), **stats, **logs}
+
+    def discriminator_step(self, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """The discriminator's loss on this micro-batch's images and the reconstructions its training_step made."""
+        images, recon = self._for_discriminator
+        self._for_discriminator = None
+        return self.discriminator.discriminator_loss(self.train_discriminator, images, recon)
 
     def save_images(self, step: int, path: Path) -> None:
         from vistok.data.imageio import make_pairs_grid
@@ -59,6 +108,7 @@ class GeneratorTask:
                  sample_prompts: list[str] | None = None, eval_dataset: Dataset | None = None,
                  eval_images: int = 256, fid_inception: str | None = None) -> None:
         self.model, self.tokenizer = model, tokenizer.eval().requires_grad_(False)
+        self.train_model = model
         self.sample_cfg, self.seed = sample_cfg, seed
         self.eval_dataset, self.eval_images = eval_dataset, eval_images
         self.fid = _PeriodicFID(fid_inception if eval_dataset is not None else None)
@@ -68,7 +118,7 @@ class GeneratorTask:
         self.sample_labels = list(sample_prompts or [])[:n] if self.text else torch.arange(n) % num_classes
 
     def training_step(self, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        out = self.model(batch["tokens"], batch["caption"] if self.text else batch["label"])
+        out = self.train_model(batch["tokens"], batch["caption"] if self.text else batch["label"])
         return out.loss, {**_scalars(out.losses, "loss/"), **_scalars(out.stats)}
 
     def save_images(self, step: int, path: Path) -> None:
