@@ -60,6 +60,10 @@ def _tiny(path: Path, run_dir: Path, cache_dir: Path, tokenizer: str | None = No
     cfg.train.device, cfg.train.precision = "cpu", "fp32"
     cfg.eval.every, cfg.eval.num_images, cfg.eval.fid, cfg.eval.data = 0, 2, False, {}
     cfg.sample.num_images = 2
+    perceptual = cfg.get("loss", {}).get("perceptual") if cfg.stage == "tokenizer" else None
+    if perceptual:  # no pretrained LPIPS/ConvNeXt weights offline: a seeded random trunk, asked for explicitly
+        for section in perceptual if OmegaConf.is_list(perceptual) else [perceptual]:
+            section.backbone = "random"
     return cfg
 
 
