@@ -248,3 +248,16 @@ def test_every_kind_has_a_head_and_a_missing_one_is_a_clear_error(monkeypatch):
         build_head(bits, 64)
     with pytest.raises(ConfigError, match="'bits'"):
         GPT(bits.to_dict(), num_classes=4, dim=64, depth=1, heads=4)
+
+
+def test_named_sizes_from_config_and_explicit_values_win():
+    spec = TokenSpec.vocab(16, grid=(4, 4)).to_dict()
+    with torch.device("meta"):
+        b = vistok.build("generator", {"name": "gpt", "size": "gpt_b"}, token_spec=spec, num_classes=2)
+        b6 = vistok.build("generator", {"name": "gpt", "size": "gpt_b", "depth": 6}, token_spec=spec, num_classes=2)
+        default = vistok.build("generator", {"name": "gpt"}, token_spec=spec, num_classes=2)
+    assert (b.dim, b.depth, b.heads) == (768, 12, 12) and len(b.blocks) == 12
+    assert (b6.dim, b6.depth, b6.heads) == (768, 6, 12)
+    assert (default.dim, default.depth, default.heads) == (256, 6, 8)  # gpt_tiny
+    with pytest.raises(ConfigError, match="unknown GPT size 'gpt_q'"):
+        vistok.build("generator", {"name": "gpt", "size": "gpt_q"}, token_spec=spec, num_classes=2)

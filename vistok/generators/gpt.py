@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vistok.errors import ConfigError
 from vistok.generators.conditioning import Conditioning
 from vistok.generators.heads.base import TokenHead, build_head
 from vistok.generators.kv_cache import KVCache
@@ -93,14 +94,18 @@ class GPT(PretrainedModel):
         ``num_classes`` are passed to it when its constructor takes them.
     head: options of the TokenSpec kind's head (e.g. ``{"factorized_layers": 2}`` for ``subvocab``).
     window: token-shuffle window s (1 = next-token; 2 or 4 merge s×s tokens per step).
+    size: a named size of ``GPT_SIZES`` (``gpt_b``, …) for dim/depth/heads; any of the three given explicitly wins
+        (default without a size: ``gpt_tiny``).
     """
 
     default_cfg_schedule = "constant"  # LlamaGen's; ``generate(cfg_schedule=None)`` uses the model's default
 
-    def __init__(self, token_spec: dict, num_classes: int, dim: int = 256, depth: int = 6, heads: int = 8,
-                 class_dropout: float = 0.1, dropout: float = 0.0, class_names: list[str] | None = None,
-                 conditioning: str | dict = "class", head: dict | None = None, window: int = 1) -> None:
+    def __init__(self, token_spec: dict, num_classes: int, dim: int | None = None, depth: int | None = None,
+                 heads: int | None = None, class_dropout: float = 0.1, dropout: float = 0.0,
+                 class_names: list[str] | None = None, conditioning: str | dict = "class", head: dict | None = None,
+                 window: int = 1, size: str | None = None) -> None:
         super().__init__()
+        dim, depth, heads = resolve_size(size, dim=dim, depth=depth, heads=heads)
         self.spec = TokenSpec.from_dict(token_spec)
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"class_names has {len(class_names)} names for {num_classes} classes")
@@ -327,11 +332,18 @@ class GPT(PretrainedModel):
         return int(num_tokens)
 
 
+def resolve_size(size: str | None, **given: int | None) -> tuple[int, int, int]:
+    """(dim, depth, heads) of the named ``size`` (``gpt_tiny`` when None), with the explicitly given ones winning."""
+    if size is not None and size not in GPT_SIZES:
+        raise ConfigError(f"unknown GPT size {size!r}; choose one of {sorted(GPT_SIZES)}")
+    named = GPT_SIZES[size or "gpt_tiny"]
+    dim, depth, heads = (given[k] if given.get(k) is not None else named[k] for k in ("dim", "depth", "heads"))
+    return int(dim), int(depth), int(heads)
+
+
 def gpt(size: str, **kwargs: Any) -> GPT:
     """A GPT of a named size (``GPT_SIZES``), e.g. ``gpt("gpt_b", token_spec=spec.to_dict(), num_classes=1000)``."""
-    if size not in GPT_SIZES:
-        raise ValueError(f"unknown GPT size {size!r}; choose one of {sorted(GPT_SIZES)}")
-    return GPT(**{**GPT_SIZES[size], **kwargs})
+    return GPT(size=size, **kwargs)
 
 
 def _build_conditioning(cfg: str | dict, **available: Any) -> Conditioning:
