@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 
+from vistok.convert.common import KeyMap, read_state_dict
 from vistok.errors import CheckpointError, VistokError
 
 DROPPED = ("quantize.codebook_used",)
@@ -99,16 +100,8 @@ def architecture(state: dict[str, torch.Tensor]) -> dict[str, Any]:
 def convert_state_dict(state: dict[str, torch.Tensor], channel_mult: list[int],
                        num_res_blocks: int) -> dict[str, torch.Tensor]:
     """LlamaGen VQModel keys → vistok ConvTokenizer keys; every LlamaGen tensor but :data:`DROPPED` is used once."""
-    out: dict[str, torch.Tensor] = {}
-    used = set(DROPPED) & set(state)
-
-    def take(key: str) -> torch.Tensor:
-        if key not in state:
-            raise CheckpointError(f"the LlamaGen checkpoint has no {key!r}: its layout differs from "
-                                  f"channel_mult={channel_mult}, num_res_blocks={num_res_blocks}")
-        used.add(key)
-        return state[key]
-
+    keys = KeyMap(state, "LlamaGen", DROPPED)
+    out, take = keys.out, keys.take
     for src, dst, kind in _module_pairs(channel_mult, num_res_blocks):
         if kind in ("conv", "norm"):
             for p in ("weight", "bias"):
@@ -125,33 +118,14 @@ def convert_state_dict(state: dict[str, torch.Tensor], channel_mult: list[int],
                 out[f"{dst}.qkv.{p}"] = torch.cat([take(f"{src}.{x}.{p}") for x in "qkv"], dim=0)
                 out[f"{dst}.proj.{p}"] = take(f"{src}.proj_out.{p}")
     out["quantizer.codebook.weight"] = take("quantize.embedding.weight")
-    unused = sorted(set(state) - used)
-    if unused:
-        raise CheckpointError(f"the LlamaGen checkpoint has tensors the map does not place: {unused[:4]}"
-                              f"{'…' if len(unused) > 4 else ''}; is it a VQ tokenizer checkpoint?")
-    return out
+    return keys.finish()
 
 
 def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """The weights of a LlamaGen training checkpoint (``ema`` > ``model`` > ``state_dict``) or of a bare state
-    dict. Loaded with ``weights_only=True``; the ``argparse.Namespace`` LlamaGen stores as ``args`` is allowed."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"--ckpt {path}: no such file; download vq_ds16_c2i.pt or vq_ds8_c2i.pt from "
-                              "LlamaGen's model zoo (huggingface.co/FoundationVision/LlamaGen)")
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises several types for unreadable files
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"--ckpt {path}: cannot read it as a torch checkpoint with weights_only=True "
-                              f"({first})") from e
-    if not isinstance(ckpt, dict):
-        raise CheckpointError(f"--ckpt {path}: holds a {type(ckpt).__name__}, not a state dict")
-    for key in ("ema", "model", "state_dict"):
-        if isinstance(ckpt.get(key), dict):
-            return ckpt[key]
-    return ckpt
+    dict, read without unpickling code (see :func:`vistok.convert.common.read_state_dict`)."""
+    return read_state_dict(path, "LlamaGen VQ (vq_ds16_c2i.pt or vq_ds8_c2i.pt, huggingface.co/FoundationVision/"
+                           "LlamaGen)", containers=("ema", "model", "state_dict"))
 
 
 def convert(state: dict[str, torch.Tensor], resolution: int = 256):
