@@ -164,3 +164,22 @@ def test_bad_options_are_one_line_errors(kl_folder, tmp_path):
     assert "\n" not in str(e.value)
     with pytest.raises(ConfigError, match="downsampling factor 2"):
         vistok.build("tokenizer", {"name": "diffusers_vq", "resolution": 15, "vae": BLOCKS})
+
+
+def test_diffusers_vq_movq_spatial_norm_decodes_as_diffusers(tmp_path):
+    """MoVQ (norm_type: spatial): the decoder's norms are conditioned on the codes; vistok passes them as diffusers
+    does. (SpatialNorm has 32 groups built in, hence 32 channels.)"""
+    torch.manual_seed(0)
+    vq = diffusers.VQModel(**{**BLOCKS, "block_out_channels": [32, 32], "norm_num_groups": 32},
+                           num_vq_embeddings=32, norm_type="spatial").eval()
+    with torch.no_grad():
+        vq.quantize.embedding.weight.normal_()
+    vq.save_pretrained(tmp_path / "movq")
+    tok = vistok.build("tokenizer", {"name": "diffusers_vq", "resolution": 16, "pretrained": str(tmp_path / "movq")})
+    x = _images(2)
+    with torch.no_grad():
+        quant, _, (_, _, indices) = vq.quantize(vq.encode(x).latents)
+        expected = vq.decode(quant, force_not_quantize=True).sample.clamp(-1, 1)
+    tokens = tok.eval().encode(x)
+    assert torch.equal(tokens, indices.view(2, 64))
+    assert torch.allclose(tok.decode(tokens), expected, atol=1e-5)
