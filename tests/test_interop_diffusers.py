@@ -78,7 +78,10 @@ def test_diffusers_kl_loads_gives_the_vae_latents_and_saves_self_contained(kl_fo
 
 
 def test_diffusers_vq_gives_the_vqmodel_codes_and_reconstruction(vq_folder, tmp_path):
-    tok = vistok.build("tokenizer", {"name": "diffusers_vq", "resolution": 16, "pretrained": str(vq_folder)}).eval()
+    from vistok.tokenizers.diffusers_vq import DiffusersVQ
+
+    tok = DiffusersVQ.from_diffusers(str(vq_folder), resolution=16)
+    assert not tok.training
     ref = diffusers.VQModel.from_pretrained(vq_folder).eval()
     x = _images()
     with torch.no_grad():

@@ -49,6 +49,12 @@ class DiffusersKL(ContinuousLatentTokenizer):
         self.recon_loss, self.recon_weight = check_recon_loss(recon_loss), recon_weight
         self.quantizer = build("quantizer", dimwise_quantizer_config(quantizer, self.latent_dim, "diffusers_kl"))
 
+    @classmethod
+    def from_diffusers(cls, pretrained: str, subfolder: str | None = None, **options: Any) -> DiffusersKL:
+        """The tokenizer around diffusers' ``from_pretrained(pretrained, subfolder=subfolder)`` (a hub id or a
+        folder), in eval mode; ``options`` are this class's other options (``resolution``, …)."""
+        return cls(pretrained=pretrained, subfolder=subfolder, **options).eval()
+
     @property
     def grid(self) -> tuple[int, int]:
         side = self.resolution // self.downsample

@@ -45,6 +45,12 @@ class DiffusersVQ(Tokenizer):
         self.commitment_weight, self.codebook_weight = commitment_weight, codebook_weight
         self.recon_loss, self.recon_weight = check_recon_loss(recon_loss), recon_weight
 
+    @classmethod
+    def from_diffusers(cls, pretrained: str, subfolder: str | None = None, **options: Any) -> DiffusersVQ:
+        """The tokenizer around diffusers' ``from_pretrained(pretrained, subfolder=subfolder)`` (a hub id or a
+        folder), in eval mode; ``options`` are this class's other options (``resolution``, …)."""
+        return cls(pretrained=pretrained, subfolder=subfolder, **options).eval()
+
     @property
     def grid(self) -> tuple[int, int]:
         side = self.resolution // self.downsample
