@@ -53,7 +53,9 @@ def load_diffusers_model(class_name: str, owner: str, pretrained: str | None, su
         try:
             model = cls(**_plain(dict(vae or {})))
         except TypeError as e:
-            raise ConfigError(f"{owner}: vae= is not a valid diffusers {class_name} config: {e}") from e
+            raise ConfigError(f"{owner}: vae= is not a valid diffusers {class_name} config for diffusers "
+                              f"{diffusers.__version__}: {e} (a folder saved with another diffusers version may "
+                              "need that version)") from e
     config = {k: _plain(v) for k, v in model.config.items() if not k.startswith("_")}
     return model.float(), config
 
