@@ -61,6 +61,11 @@ class DiffusersKL(ContinuousLatentTokenizer):
         return side, side
 
     @property
+    def encoder(self) -> torch.nn.Module:
+        """The VAE's encoder (named as in vistok's other tokenizers)."""
+        return self.vae.encoder
+
+    @property
     def last_layer(self) -> torch.Tensor:
         """The decoder's last weight (VQGAN's adaptive GAN weight compares gradient norms here)."""
         return self.vae.decoder.conv_out.weight

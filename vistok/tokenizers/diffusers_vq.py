@@ -61,6 +61,11 @@ class DiffusersVQ(Tokenizer):
         return TokenSpec.vocab(self.codebook_size, grid=self.grid, code_dim=self.code_dim)
 
     @property
+    def encoder(self) -> torch.nn.Module:
+        """The VAE's encoder (named as in vistok's other tokenizers)."""
+        return self.vae.encoder
+
+    @property
     def last_layer(self) -> torch.Tensor:
         """The decoder's last weight (VQGAN's adaptive GAN weight compares gradient norms here)."""
         return self.vae.decoder.conv_out.weight
