@@ -20,7 +20,7 @@ from vistok.errors import VistokError
 
 def main(argv: list[str] | None = None, prog: str = "eval/ptq.py") -> int:
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--autoencoder", required=True, help="a trained kl_ae folder (save_pretrained output / run)")
+    p.add_argument("--autoencoder", required=True, help="a kl_ae or diffusers_kl folder (save_pretrained output / run)")
     p.add_argument("--data", required=True, help="ImageFolder-layout folder whose latents the bins are fitted to")
     p.add_argument("--bins", type=int, nargs="+", default=[4, 8, 16, 32, 64], help="bins per dimension to report")
     p.add_argument("--save-bins", type=int, default=None, help="save the PTQ tokenizer with this many bins")
@@ -32,12 +32,13 @@ def main(argv: list[str] | None = None, prog: str = "eval/ptq.py") -> int:
         from vistok.data import build_dataset
         from vistok.data.sources import data_cfg_from_arg
         from vistok.hub import load_pretrained
-        from vistok.tokenizers.continuous import KLAutoencoder, ptq_report
+        from vistok.tokenizers.continuous import ContinuousLatentTokenizer, ptq_report
 
         ae = load_pretrained(args.autoencoder, kind="tokenizer")
-        if not isinstance(ae, KLAutoencoder):
-            raise VistokError(f"--autoencoder {args.autoencoder}: holds a {type(ae).__name__}, not a kl_ae "
-                              "(train one with configs/tokenizer/kl_ae_f8_imagenet64.yaml)")
+        if not isinstance(ae, ContinuousLatentTokenizer):
+            raise VistokError(f"--autoencoder {args.autoencoder}: holds a {type(ae).__name__}, not a continuous "
+                              "autoencoder (kl_ae: train one with configs/tokenizer/kl_ae_f8_imagenet64.yaml; "
+                              "diffusers_kl: wrap a diffusers AutoencoderKL)")
         dataset = build_dataset(data_cfg_from_arg(args.data, ae.resolution, args.num_images))
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
