@@ -71,6 +71,10 @@ def build(kind: str, cfg: Mapping[str, Any] | str, **overrides: Any) -> Any:
     name = cfg.pop("name")
     cls = lookup(kind, name)
     kwargs = {**cfg, **overrides}
+    renamed = sorted(set(kwargs) & set(getattr(cls, "renamed_options", {})))
+    if renamed:
+        hints = ", ".join(f"{old!r} is now {cls.renamed_options[old]!r}" for old in renamed)
+        raise ConfigError(f"{kind} {name!r}: renamed options: {hints}; update the config")
     params = inspect.signature(cls).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
         unknown = sorted(set(kwargs) - set(params))
