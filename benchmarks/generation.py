@@ -8,7 +8,7 @@
    (throughput): next-token vs token-shuffle s=2 vs next-cell 2×2 (xAR) with the discrete head in the shift layout
    (N = 4 tokens fed per step) and in the content+query layout (2N), with xAR's denoising transformer (entity_head
    flow, ``--flow-steps`` Euler–Maruyama steps per cell, each a backbone pass) and with the per-token flow head
-   (flow_mlp: one backbone pass per cell, ``--flow-steps`` passes of the small MLP), same backbone size, random
+   (flow_mlp: one backbone pass per cell, then its default 25 Euler steps of the small MLP), same backbone size, random
    weights (speed does not depend on training).
 3. Quality (``--runs name=DIR ...``, generators trained with the same budget on captioned shapes, class- or
    text-conditional): prompt accuracy by the shapes judge (a CNN trained on real shapes only; shape and color both
@@ -93,8 +93,8 @@ def per_image_time(args) -> None:
                                                               layout="query"),
               f"next-cell 2×2 (xAR flow: the transformer denoises, {steps} steps/cell)":
                   XAR(**kw, entity=cell, entity_head="flow", flow_steps=steps),
-              f"next-cell 2×2 (xAR flow_mlp: per-token MLP head, {steps} steps/cell)":
-                  XAR(**kw, entity=cell, entity_head="flow_mlp", flow_steps=steps)}
+              "next-cell 2×2 (xAR flow_mlp: per-token MLP head, 25 steps/cell)":
+                  XAR(**kw, entity=cell, entity_head="flow_mlp")}
     for model in models.values():
         if getattr(model, "entity_head", "discrete") != "discrete":
             model.set_codebook(torch.randn(args.vocab, 8, generator=torch.Generator().manual_seed(0)))
@@ -194,7 +194,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--skip-speed", action="store_true")
     p.add_argument("--skip-throughput", action="store_true", help="only the per-image table of the speed part")
-    p.add_argument("--flow-steps", type=int, default=50, help="sampling steps per cell of the xAR flow heads")
+    p.add_argument("--flow-steps", type=int, default=50, help="sampling steps per cell of xAR's denoising transformer")
     p.add_argument("--skip-quality", action="store_true")
     p.add_argument("--runs", nargs="*", default=[], help="name=generator folder (or checkpoints/step_N/model)")
     p.add_argument("--tokenizer", default=None, help="tokenizer folder (default: <first run>/tokenizer)")
