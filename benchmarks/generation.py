@@ -94,7 +94,11 @@ def per_image_time(args) -> None:
               f"next-cell 2×2 (xAR flow: the transformer denoises, {steps} steps/cell)":
                   XAR(**kw, entity=cell, entity_head="flow", flow_steps=steps),
               "next-cell 2×2 (xAR flow_mlp: per-token MLP head, 25 steps/cell)":
-                  XAR(**kw, entity=cell, entity_head="flow_mlp")}
+                  XAR(**kw, entity=cell, entity_head="flow_mlp"),
+              "next-cell 8×8 (xAR flow, 4 cells as xAR's clusters=4, 50 steps/cell)":
+                  XAR(**kw, entity={"name": "cell", "size": 8}, entity_head="flow", flow_steps=50)}
+    if args.only:  # the first row (the next-token reference) always runs
+        models = {k: v for i, (k, v) in enumerate(models.items()) if i == 0 or any(o in k for o in args.only)}
     for model in models.values():
         if getattr(model, "entity_head", "discrete") != "discrete":
             model.set_codebook(torch.randn(args.vocab, 8, generator=torch.Generator().manual_seed(0)))
@@ -195,6 +199,7 @@ def main() -> None:
     p.add_argument("--skip-speed", action="store_true")
     p.add_argument("--skip-throughput", action="store_true", help="only the per-image table of the speed part")
     p.add_argument("--flow-steps", type=int, default=50, help="sampling steps per cell of xAR's denoising transformer")
+    p.add_argument("--only", nargs="*", default=[], help="per-image rows whose name contains one of these")
     p.add_argument("--skip-quality", action="store_true")
     p.add_argument("--runs", nargs="*", default=[], help="name=generator folder (or checkpoints/step_N/model)")
     p.add_argument("--tokenizer", default=None, help="tokenizer folder (default: <first run>/tokenizer)")
