@@ -8,8 +8,9 @@
    (throughput): next-token vs token-shuffle s=2 vs next-cell 2×2 (xAR) with the discrete head in the shift layout
    (N = 4 tokens fed per step) and in the content+query layout (2N), with xAR's denoising transformer (entity_head
    flow, ``--flow-steps`` Euler–Maruyama steps per cell, each a backbone pass) and with the per-token flow head
-   (flow_mlp: one backbone pass per cell, then its default 25 Euler steps of the small MLP), same backbone size, random
-   weights (speed does not depend on training).
+   (flow_mlp: one backbone pass per cell, then its default 25 Euler steps of the small MLP), and xAR's own setting
+   of 4 cells of 8×8 with 50 steps, same backbone size, random weights (speed does not depend on training);
+   ``--only`` picks rows by name (next-token always runs, as the reference).
 3. Quality (``--runs name=DIR ...``, generators trained with the same budget on captioned shapes, class- or
    text-conditional): prompt accuracy by the shapes judge (a CNN trained on real shapes only; shape and color both
    right, chance 1/24) on ``--num-prompts`` held-out prompts × ``--num-per-prompt`` samples, and FID/KID of those
