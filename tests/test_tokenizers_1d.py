@@ -503,6 +503,11 @@ def test_cpu_configs_train_on_an_image_folder(tmp_path, path):
              "eval.num_images=4"]
     cfg = load_config(path, [f"run_dir={tmp_path / 'run'}", *quick, f"data.root={tmp_path / 'images'}"])
     assert cfg.data.name == "imagefolder"
+    if isinstance(cfg.model.get("autoencoder"), str):  # latent space: its autoencoder config, one step, first
+        ae_config = Path(__file__).parent.parent / "configs" / "tokenizer" / f"{Path(cfg.model.autoencoder).name}.yaml"
+        run_training(load_config(ae_config, [f"run_dir={tmp_path / 'ae'}", *quick,
+                                             f"data.root={tmp_path / 'images'}"]), progress=False)
+        cfg.model.autoencoder = str(tmp_path / "ae")
     model = run_training(cfg, progress=False)
     assert (tmp_path / "run" / "model.safetensors").is_file()
     tokens = model.encode(torch.zeros(1, 3, 64, 64), num_tokens=3)
