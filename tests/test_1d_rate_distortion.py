@@ -106,3 +106,7 @@ def test_tokenizer_curve_of_a_latent_space_model_decodes_through_its_autoencoder
     assert rows[0]["bytes"] == pytest.approx(math.log2(40) / 8)
     p, _ = rd.quality(x, tok.decode(tok.encode(x, num_tokens=2)))
     assert rows[1]["psnr"] == pytest.approx(float(p.mean()))
+    # the ceiling line: the frozen autoencoder alone, on continuous latents
+    ceiling = rd.autoencoder_ceiling(tok.autoencoder, x, batch_size=2)
+    p, s = rd.quality(x, tok.autoencoder.reconstruct_continuous(x))
+    assert ceiling == pytest.approx({"psnr": float(p.mean()), "ssim": float(s.mean())})
