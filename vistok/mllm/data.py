@@ -25,7 +25,7 @@ from vistok.mllm.sequences import ROLES, SequenceBuilder, collate
 QUESTION = "What is in this image?"
 _TRAIN_MODULES = ("argparse", "collections", "json", "logging", "pathlib", "subprocess", "threading", "unittest",
                   "datetime", "decimal", "fractions", "functools", "itertools", "random", "statistics", "string",
-                  "textwrap", "typing", "zipfile", "tarfile", "csv", "calendar", "heapq", "bisect", "shutil")
+                  "textwrap", "zipfile", "tarfile", "csv", "calendar", "heapq", "bisect", "shutil")
 _HELD_OUT_MODULES = ("asyncio", "email", "http.client", "sqlite3", "urllib.request", "xml.dom.minidom", "pickle",
                      "difflib", "socket", "tempfile")
 
