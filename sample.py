@@ -26,10 +26,16 @@ def _values(kind: type):
     return parse
 
 
+def _is_mllm(path: str) -> bool:
+    from vistok.mllm.sample import is_mllm_folder
+
+    return is_mllm_folder(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="generator run folder (holds config.json, model.safetensors, "
-                                                  "tokenizer/)")
+                                                  "tokenizer/), or an MLLM folder")
     p.add_argument("--prompt", action="append", default=[], help="a prompt; repeat for several")
     p.add_argument("--prompts-file", help="a text file with one prompt per line")
     p.add_argument("--num-per-prompt", type=int, default=4)
@@ -67,6 +73,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from vistok.generate import SamplingSettings, sample_prompts
         from vistok.training.loop import pick_device
+
+        if _is_mllm(args.model):  # an LLM with a vistok tokenizer plugged in (vistok/mllm)
+            from vistok.mllm.sample import sample_mllm
+
+            manifest = sample_mllm(args.model, prompts, args.out, args.num_per_prompt, args.cfg_scale,
+                                   args.temperature, args.top_k, args.top_p, args.seed, args.num_tokens,
+                                   args.batch_size, pick_device(args.device))
+            print(f"wrote {args.out}/manifest.json")
+            return 0
 
         settings = SamplingSettings(num_per_prompt=args.num_per_prompt, cfg_scale=args.cfg_scale,
                                     cfg_schedule=args.cfg_schedule, cfg_interval=args.cfg_interval,

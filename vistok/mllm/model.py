@@ -263,6 +263,24 @@ class MLLM(nn.Module):
             out = self.llm.generate(inputs_embeds=embeds, **kwargs)  # returns the new tokens only
         return [s.strip() for s in self.text_tokenizer.batch_decode(out, skip_special_tokens=True)]
 
+    @torch.no_grad()
+    def chat_text(self, question: str, max_new_tokens: int = 48, do_sample: bool = False, temperature: float = 1.0,
+                  seed: int = 0) -> str:
+        """A text-only turn (the LLM as it is, with image-only ids masked)."""
+        from transformers import GenerationConfig, LogitsProcessorList
+
+        if not question or not question.strip():
+            raise ValueError("the question is empty; ask something, e.g. 'What is a circle?'")
+        prompt, _ = self.builder.render(question.strip(), None)
+        ids = torch.tensor([self.text_tokenizer(prompt, add_special_tokens=False)["input_ids"]], device=self.device)
+        gen = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
+                               eos_token_id=self.end_ids, pad_token_id=self.text_tokenizer.pad_token_id)
+        if do_sample:
+            torch.manual_seed(seed)
+        out = self.llm.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=gen,
+                                logits_processor=LogitsProcessorList([self._text_processor()]))
+        return self.text_tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+
     def _text_processor(self):
         """Outside images: mask the ids that belong only inside an image; every text logit stays as it is."""
         from transformers import LogitsProcessor
