@@ -335,3 +335,13 @@ def test_wrong_image_size_and_empty_question():
     with pytest.raises(ValueError, match="empty") as e:
         m.answer(images(m.image_tokenizer, 1), "  ")
     assert _one_line(e.value)
+
+
+@pytest.mark.parametrize("bridge", ["vocabulary", "adapter"])
+def test_left_padded_batches_decode_as_single_prompts(bridge):
+    """Prompts of different lengths share a left-padded batch (and the KV cache) without changing each other's
+    greedy images."""
+    m = build("vocab", bridge).eval()
+    alone = m.generate_tokens(["a red circle"], temperature=0.0)[0]
+    batched = m.generate_tokens(["a red circle", "a much longer prompt about a purple star"], temperature=0.0)[0]
+    assert torch.equal(alone, batched)
