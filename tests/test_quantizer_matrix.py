@@ -26,6 +26,11 @@ TOKENIZERS = {
     "kl_ae": ({**CONV, "latent_dim": 4}, "dimwise"),
     "dual": ({**CONV, "teacher": {"name": "random", "dim": 8}, "semantic_hidden": 16, "semantic_decoder_width": 16},
              "dual"),
+    # diffusers autoencoders: the KL one holds the post-training quantizer; the VQ one only diffusers' own ("own")
+    **{f"diffusers_{k}": ({"resolution": 16, "vae": {"block_out_channels": [8, 16], "norm_num_groups": 4,
+                                                      "down_block_types": ["DownEncoderBlock2D"] * 2,
+                                                      "up_block_types": ["UpDecoderBlock2D"] * 2}}, only)
+       for k, only in (("kl", "dimwise"), ("vq", "own"))},
 }
 
 
@@ -40,7 +45,8 @@ def test_every_quantizer_in_every_tokenizer(tokenizer, quantizer):
     cfg, only = TOKENIZERS[tokenizer]
     cfg = {"name": tokenizer, **cfg, "quantizer": QUANTIZERS[quantizer]}
     if only is not None and quantizer != only:
-        with pytest.raises(ConfigError, match=f"{tokenizer}.*quantizer must be '{only}'"):
+        match = r"unknown options \['quantizer'\]" if only == "own" else f"{tokenizer}.*quantizer must be '{only}'"
+        with pytest.raises(ConfigError, match=match):
             vistok.build("tokenizer", cfg)
         return
     torch.manual_seed(0)

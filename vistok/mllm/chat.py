@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from vistok.cli.common import add_device_option
 from vistok.errors import VistokError
 
 
@@ -23,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
+    add_device_option(p)
     args = p.parse_args(argv)
     if not args.question.strip():
         print("chat: error: the question is empty; ask something, e.g. 'what is in this picture?'", file=sys.stderr)
