@@ -37,6 +37,7 @@ from torch import nn
 from vistok.errors import CheckpointError, ConfigError
 from vistok.hub import CONFIG_NAME, WEIGHTS_NAME, load_pretrained, load_state_dict_strict, read_config
 from vistok.mllm.bridges import Bridge, default_bridge
+from vistok.mllm.bridges.base import check_added
 from vistok.mllm.llm import end_token_ids, load_llm
 from vistok.mllm.sequences import IGNORE, ROLES, Sequence, SequenceBuilder, collate
 from vistok.registry import build, register
@@ -98,8 +99,6 @@ class MLLM(nn.Module):
 
         # ---- the vocabulary: added tokens, grown (tied) embeddings ----
         self.base_rows = llm.get_input_embeddings().weight.shape[0]
-        from vistok.mllm.bridges.base import check_added
-
         self.bridge.bind(check_added(text_tokenizer, self.bridge.added_tokens()))
         rows = max(len(text_tokenizer), self.base_rows)
         self.tied = llm.get_output_embeddings().weight is llm.get_input_embeddings().weight
