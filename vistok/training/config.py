@@ -122,6 +122,10 @@ class RunConfig:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> DictConfig:
     """Defaults ← YAML file ← ``key=value`` overrides. Errors name the file or override at fault."""
+    from vistok.mllm.config import load_mllm_config, yaml_stage
+
+    if yaml_stage(path) == "mllm":  # the LLM plug-in's stage has its own schema (vistok/mllm/config.py)
+        return load_mllm_config(path, overrides)
     cfg = OmegaConf.structured(RunConfig)
     if path is not None:
         path = Path(path)
