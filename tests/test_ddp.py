@@ -147,3 +147,25 @@ def test_fsdp_resumes_exactly_on_two_ranks_and_on_one_process(tmp_path):
     _copy_up_to_step_2(one, sharded)
     _torchrun(2, *FSDP_ARGS, "train.parallel=fsdp", f"run_dir={sharded}", "--resume")
     _close(one, sharded, step=3)
+
+
+@pytest.mark.slow
+def test_fsdp_generator_stage_shards_the_blocks_and_samples_on_rank_0(tmp_path):
+    """The GPT's blocks are FSDP units; rank 0 draws its sample grid from the gathered (EMA) weights."""
+    tok = tmp_path / "tok"
+    tokenizer_args = [a for a in ARGS if not a.startswith(("loss.", "train.ema"))]
+    run_training(load_config(None, [*tokenizer_args, "train.steps=1", f"run_dir={tok}"]), progress=False)
+    gen = ["stage=generator", f"tokenizer={tok}", "data.name=shapes", "data.resolution=32", "data.size=32",
+           "model.name=gpt", "model.dim=32", "model.depth=2", "model.heads=2", "train.steps=3", "train.batch_size=8",
+           "train.image_every=3", "train.ckpt_every=1", "train.keep_checkpoints=3", "train.log_every=1",
+           "train.eps=1e-3", "train.threads=1", "train.ema.decay=0.9", "sample.num_images=4",
+           f"token_cache_dir={tmp_path / 'cache'}"]
+    run_training(load_config(None, [*gen, f"run_dir={tmp_path / 'one'}"]), progress=False)
+    _torchrun(2, *gen, "train.parallel=fsdp", f"run_dir={tmp_path / 'two'}")
+    for part in ("model/model.safetensors", "ema.safetensors"):
+        a = load_file(str(tmp_path / "one" / "checkpoints" / "step_0000002" / part))
+        b = load_file(str(tmp_path / "two" / "checkpoints" / "step_0000002" / part))
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4), f"{part}: {k}"
+    assert (tmp_path / "two" / "images" / "step_0000003.png").is_file()
