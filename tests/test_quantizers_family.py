@@ -191,7 +191,7 @@ def test_lfq_in_1d_tokenizer_by_config(tmp_path):
 # ---- one interface: every registered quantizer ------------------------------------------------------------------
 
 SMALL_CONFIGS = {"vq": {"codebook_size": 32, "code_dim": 4}, "lfq": {"num_groups": 2, "group_dim": 3},
-                 "dimwise": {"dim": 4, "num_bins": 8}, "dual": {"codebook_size": 32, "semantic_dim": 6,
+                 "dimwise": {"code_dim": 4, "num_bins": 8}, "dual": {"codebook_size": 32, "semantic_dim": 6,
                                                                  "pixel_dim": 3}}
 
 
@@ -234,7 +234,7 @@ def test_dimwise_bins_match_closed_forms():
 def _fitted(dim=3, bins=16, **kw):
     torch.manual_seed(0)
     latents = torch.randn(2000, dim) * torch.tensor([0.5, 2.0, 1.0])[:dim] + torch.tensor([1.0, -3.0, 0.0])[:dim]
-    q = DimwiseQuantizer(dim=dim, num_bins=bins, **kw)
+    q = DimwiseQuantizer(code_dim=dim, num_bins=bins, **kw)
     q.fit(latents)
     torch.testing.assert_close(q.center, latents.mean(0))
     torch.testing.assert_close(q.scale, latents.std(0))
@@ -281,7 +281,7 @@ def test_dimwise_error_falls_as_bins_grow():
     latents = torch.randn(4000, 4) * 1.5 + 0.5
     mses = []
     for bins in (4, 8, 16, 32, 64):
-        q = DimwiseQuantizer(dim=4, num_bins=bins)
+        q = DimwiseQuantizer(code_dim=4, num_bins=bins)
         q.fit(latents)
         mses.append(F.mse_loss(q(latents).quantized, latents).item())
     assert all(b < a for a, b in zip(mses, mses[1:])), mses

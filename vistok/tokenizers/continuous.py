@@ -38,9 +38,10 @@ def dimwise_quantizer_config(quantizer: dict[str, Any] | None, latent_dim: int, 
     quantizer = dict(quantizer or {"name": "dimwise", "num_bins": 64})
     if quantizer.get("name") != "dimwise":
         raise ConfigError(f"{owner}: the quantizer must be 'dimwise' (post-training), got {quantizer.get('name')!r}")
-    quantizer.setdefault("dim", latent_dim)
-    if quantizer["dim"] != latent_dim:
-        raise ConfigError(f"{owner}: quantizer.dim={quantizer['dim']} differs from the latent dimension {latent_dim}")
+    quantizer.setdefault("code_dim", latent_dim)
+    if quantizer["code_dim"] != latent_dim:
+        raise ConfigError(f"{owner}: quantizer.code_dim={quantizer['code_dim']} differs from the latent dimension "
+                          f"{latent_dim}")
     return quantizer
 
 
@@ -154,7 +155,7 @@ def post_training_quantize(ae: ContinuousLatentTokenizer, latents: torch.Tensor,
     in value with ``ae`` (copied), so the result saves and loads as an ordinary tokenizer."""
     config = dict(ae._hub_mixin_config)  # the constructor arguments the hub mixin recorded
     config["quantizer"] = {**dict(config.get("quantizer") or {"name": "dimwise"}), **quantizer_options,
-                           "num_bins": num_bins, "dim": ae.latent_dim}
+                           "num_bins": num_bins, "code_dim": ae.latent_dim}
     config.pop("_vistok", None)
     out = type(ae)(**config)
     out.load_state_dict(ae.state_dict())

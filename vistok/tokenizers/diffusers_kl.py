@@ -33,7 +33,7 @@ from vistok.tokenizers.diffusers_common import check_resolution, load_diffusers_
 class DiffusersKL(ContinuousLatentTokenizer):
     """Options: ``pretrained`` (hub id | folder) and ``subfolder``, or ``vae`` (an ``AutoencoderKL`` config) to
     build from scratch; ``kl_weight``/``recon_loss``/``recon_weight`` for training as ``kl_ae``; ``quantizer`` the
-    post-training ``dimwise`` section (its ``dim`` defaults to the VAE's ``latent_channels``)."""
+    post-training ``dimwise`` section (its ``code_dim`` defaults to the VAE's ``latent_channels``)."""
 
     def __init__(self, resolution: int = 256, pretrained: str | None = None, subfolder: str | None = None,
                  vae: dict[str, Any] | None = None, loaded_from: str | None = None, kl_weight: float = 1e-6,
