@@ -15,11 +15,13 @@ import torch.nn.functional as F
 
 import vistok
 from vistok.errors import ConfigError
+from vistok.metrics.codebook import CodebookUsage
 from vistok.quantizers.dimwise import DimwiseQuantizer, bin_edges_and_levels
 from vistok.quantizers.dual import DualCodebookQuantizer
 from vistok.quantizers.lfq import GroupLFQ, group_codes, group_entropy_terms
 from vistok.quantizers.vq import VectorQuantizer
 from vistok.registry import list_names
+from vistok.spec import TokenSpec
 from vistok.tokenizers.continuous import KLAutoencoder, post_training_quantize
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -210,7 +212,18 @@ def test_every_quantizer_round_trips_indices_and_codes(name):
     torch.testing.assert_close(codes, out.quantized, atol=1e-5, rtol=1e-5)
     if q.codes_are_fixed_points:
         assert torch.equal(q(codes).indices, out.indices)
-    assert "usage" in out.stats
+    # one stats helper: batch usage and perplexity of the indices, one histogram per channel, averaged
+    ref = CodebookUsage(TokenSpec.subvocab(list(q.codebook_sizes), length=9))
+    ref.update(out.indices.reshape(2, 9, -1))
+    assert out.stats["usage"].item() == pytest.approx(ref.result()["codebook_usage"], rel=1e-5)
+    assert out.stats["perplexity"].item() == pytest.approx(ref.result()["codebook_perplexity"], rel=1e-4)
+    # the base's policy: codebook_size counts a position's distinct codes; codes_to_indices inverts the codes
+    # where a fixed rule maps them to indices, and says so where none does
+    assert q.codebook_size == math.prod(q.codebook_sizes)
+    try:
+        assert torch.equal(q.codes_to_indices(codes), out.indices)
+    except NotImplementedError as e:
+        assert name in str(e) and "forward" in str(e)
     # state round trip through the registry: a fresh build + load_state_dict reproduces the indices
     again = vistok.build("quantizer", cfg)
     again.load_state_dict(q.state_dict())

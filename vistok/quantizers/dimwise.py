@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 
 from vistok.errors import ConfigError
-from vistok.quantizers.base import Quantizer, QuantizerOutput
+from vistok.quantizers.base import Quantizer, QuantizerOutput, usage_stats
 from vistok.registry import register
 
 BIN_RULES = ("gaussian", "uniform")
@@ -141,7 +141,5 @@ class DimwiseQuantizer(Quantizer):
         indices = self.codes_to_indices(z)
         codes = self.indices_to_codes(indices)
         quantized = z + (codes - z).detach()  # straight-through (only matters if someone fine-tunes through it)
-        flat = indices.reshape(-1, self.code_dim)
-        counts = torch.stack([torch.bincount(flat[:, d], minlength=self.num_bins) for d in range(self.code_dim)])
-        stats = {"usage": (counts > 0).float().mean(), "fitted": self.fitted.float()}
+        stats = {**usage_stats(indices, self.codebook_sizes), "fitted": self.fitted.float()}
         return QuantizerOutput(quantized, indices, {}, stats)

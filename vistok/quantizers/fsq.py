@@ -45,10 +45,6 @@ class FiniteScalarQuantizer(Quantizer):
         self.register_buffer("_basis", basis, persistent=False)
         self.register_buffer("_half_width", torch.floor(lv / 2), persistent=False)
 
-    @property
-    def codebook_size(self) -> int:
-        return self.codebook_sizes[0]
-
     def bound(self, z: torch.Tensor) -> torch.Tensor:
         """Squash ``z`` so that rounding yields exactly L integer values per channel."""
         half_l = (self._levels - 1) * (1 + self.eps) / 2

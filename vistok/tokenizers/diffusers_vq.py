@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from vistok.quantizers.base import usage_stats
+from vistok.metrics.codebook import usage_stats
 from vistok.registry import register
 from vistok.spec import TokenSpec
 from vistok.tokenizers.base import Tokenizer, TokenizerOutput, check_recon_loss, pixel_loss
