@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from vistok.errors import ConfigError
 from vistok.hub import PretrainedModel
 from vistok.spec import TokenSpec
 
@@ -66,7 +67,7 @@ RECON_LOSSES = ("mse", "l1")
 
 def check_recon_loss(name: str) -> str:
     if name not in RECON_LOSSES:
-        raise ValueError(f"recon_loss must be one of {RECON_LOSSES}, got {name!r}")
+        raise ConfigError(f"recon_loss must be one of {RECON_LOSSES}, got {name!r}")
     return name
 
 
