@@ -21,15 +21,13 @@ import math
 from typing import Any
 
 import torch
-from einops import rearrange
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from vistok.errors import ConfigError
 from vistok.registry import build, register
-from vistok.spec import TokenSpec
-from vistok.tokenizers.base import Tokenizer, TokenizerOutput, check_recon_loss, pixel_loss
+from vistok.tokenizers.base import GridTokenizer, TokenizerOutput, check_recon_loss, pixel_loss
 from vistok.tokenizers.conv_nets import Decoder, Encoder, conv_net_options
 
 
@@ -45,10 +43,10 @@ def dimwise_quantizer_config(quantizer: dict[str, Any] | None, latent_dim: int, 
     return quantizer
 
 
-class ContinuousLatentTokenizer(Tokenizer):
+class ContinuousLatentTokenizer(GridTokenizer):
     """A tokenizer over a continuous latent grid (a diagonal Gaussian posterior), tokenized by post-training
     dimension-wise quantization. Subclasses provide :meth:`posterior` ((mean, logvar), each (B, N, D)),
-    :meth:`decode_latents` ((B, N, D) → unclamped images) and the attributes ``grid``, ``latent_dim``,
+    :meth:`decode_latents` ((B, N, D) → unclamped images) and the attributes ``downsample``, ``latent_dim``,
     ``quantizer`` (a ``DimwiseQuantizer``), ``kl_weight``, ``recon_loss`` and ``recon_weight``; the tokenizer
     interface, the KL training forward and :func:`post_training_quantize` come from here."""
 
@@ -56,15 +54,6 @@ class ContinuousLatentTokenizer(Tokenizer):
     kl_weight: float
     recon_loss: str
     recon_weight: float
-
-    @property
-    def grid(self) -> tuple[int, int]:  # pragma: no cover - interface
-        raise NotImplementedError
-
-    @property
-    def token_spec(self) -> TokenSpec:
-        q = self.quantizer
-        return TokenSpec.bins(q.code_dim, q.num_bins, grid=self.grid, code_dim=q.code_dim)
 
     def posterior(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover
         raise NotImplementedError
@@ -125,11 +114,6 @@ class KLAutoencoder(ContinuousLatentTokenizer):
         self.quantizer = build("quantizer", quantizer)
 
     @property
-    def grid(self) -> tuple[int, int]:
-        side = self.resolution // self.downsample
-        return side, side
-
-    @property
     def last_layer(self) -> torch.Tensor:
         """The decoder's last weight (VQGAN's adaptive GAN weight compares gradient norms here)."""
         return self.decoder.conv_out.weight
@@ -139,12 +123,11 @@ class KLAutoencoder(ContinuousLatentTokenizer):
         self.check_images(images)
         mean, logvar = self.moments_proj(self.encoder(images)).chunk(2, dim=1)
         logvar = logvar.clamp(-30.0, 20.0)  # as LDM's DiagonalGaussianDistribution
-        return rearrange(mean, "b d h w -> b (h w) d"), rearrange(logvar, "b d h w -> b (h w) d")
+        return self.to_sequence(mean), self.to_sequence(logvar)
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, N, D) continuous latents → (B, 3, H, W) unclamped images."""
-        h, w = self.grid
-        return self.decoder(self.post_quant_proj(rearrange(latents, "b (h w) d -> b d h w", h=h, w=w)))
+        return self.decoder(self.post_quant_proj(self.to_grid(latents)))
 
 
 @torch.no_grad()

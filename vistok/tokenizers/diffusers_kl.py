@@ -21,7 +21,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from einops import rearrange
 
 from vistok.registry import build, register
 from vistok.tokenizers.base import check_recon_loss
@@ -56,11 +55,6 @@ class DiffusersKL(ContinuousLatentTokenizer):
         return cls(pretrained=pretrained, subfolder=subfolder, **options).eval()
 
     @property
-    def grid(self) -> tuple[int, int]:
-        side = self.resolution // self.downsample
-        return side, side
-
-    @property
     def encoder(self) -> torch.nn.Module:
         """The VAE's encoder (named as in vistok's other tokenizers)."""
         return self.vae.encoder
@@ -74,9 +68,8 @@ class DiffusersKL(ContinuousLatentTokenizer):
         """(mean, logvar), each (B, N, D) channel-last; diffusers clamps logvar to [-30, 20] as LDM does."""
         self.check_images(images)
         dist = self.vae.encode(images).latent_dist
-        return rearrange(dist.mean, "b d h w -> b (h w) d"), rearrange(dist.logvar, "b d h w -> b (h w) d")
+        return self.to_sequence(dist.mean), self.to_sequence(dist.logvar)
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, N, D) raw latents → (B, 3, H, W) unclamped images."""
-        h, w = self.grid
-        return self.vae.decode(rearrange(latents, "b (h w) d -> b d h w", h=h, w=w)).sample
+        return self.vae.decode(self.to_grid(latents)).sample

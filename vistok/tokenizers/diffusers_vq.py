@@ -17,17 +17,16 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 
 from vistok.metrics.codebook import usage_stats
 from vistok.registry import register
 from vistok.spec import TokenSpec
-from vistok.tokenizers.base import Tokenizer, TokenizerOutput, check_recon_loss, pixel_loss
+from vistok.tokenizers.base import GridTokenizer, TokenizerOutput, check_recon_loss, pixel_loss
 from vistok.tokenizers.diffusers_common import check_resolution, load_diffusers_model, record_config
 
 
 @register("tokenizer", "diffusers_vq")
-class DiffusersVQ(Tokenizer):
+class DiffusersVQ(GridTokenizer):
     """Options: ``pretrained`` (hub id | folder) and ``subfolder``, or ``vae`` (a ``VQModel`` config) to build from
     scratch; ``commitment_weight``/``codebook_weight`` and ``recon_loss``/``recon_weight`` for training."""
 
@@ -52,12 +51,7 @@ class DiffusersVQ(Tokenizer):
         return cls(pretrained=pretrained, subfolder=subfolder, **options).eval()
 
     @property
-    def grid(self) -> tuple[int, int]:
-        side = self.resolution // self.downsample
-        return side, side
-
-    @property
-    def token_spec(self) -> TokenSpec:
+    def token_spec(self) -> TokenSpec:  # diffusers' own quantizer, not a vistok Quantizer: one vocabulary
         return TokenSpec.vocab(self.codebook_size, grid=self.grid, code_dim=self.code_dim)
 
     @property
@@ -74,7 +68,7 @@ class DiffusersVQ(Tokenizer):
     def _latents(self, images: torch.Tensor) -> torch.Tensor:
         """(B, N, D): the encoder's output after ``quant_conv``, channel-last."""
         self.check_images(images)
-        return rearrange(self.vae.encode(images).latents, "b d h w -> b (h w) d")
+        return self.to_sequence(self.vae.encode(images).latents)
 
     def _nearest(self, z: torch.Tensor) -> torch.Tensor:
         """(B, N, D) → (B, N) indices of the nearest codes, in fp32 as diffusers' quantizer does."""
@@ -85,8 +79,7 @@ class DiffusersVQ(Tokenizer):
 
     def _decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """(B, N, D) codes → unclamped images (VQModel.decode without its optional re-quantization)."""
-        h, w = self.grid
-        quant = rearrange(codes, "b (h w) d -> b d h w", h=h, w=w)
+        quant = self.to_grid(codes)
         return self.vae.decoder(self.vae.post_quant_conv(quant), quant if self.spatial_norm else None)
 
     # ---- the interface ----------------------------------------------------------------------------------------
