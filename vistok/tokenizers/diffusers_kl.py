@@ -25,11 +25,11 @@ import torch
 from vistok.registry import build, register
 from vistok.tokenizers.base import check_recon_loss
 from vistok.tokenizers.continuous import ContinuousLatentTokenizer, dimwise_quantizer_config
-from vistok.tokenizers.diffusers_common import check_resolution, load_diffusers_model, record_config
+from vistok.tokenizers.diffusers_common import DiffusersWrapper, check_resolution, load_diffusers_model, record_config
 
 
 @register("tokenizer", "diffusers_kl")
-class DiffusersKL(ContinuousLatentTokenizer):
+class DiffusersKL(DiffusersWrapper, ContinuousLatentTokenizer):
     """Options: ``pretrained`` (hub id | folder) and ``subfolder``, or ``vae`` (an ``AutoencoderKL`` config) to
     build from scratch; ``kl_weight``/``recon_loss``/``recon_weight`` for training as ``kl_ae``; ``quantizer`` the
     post-training ``dimwise`` section (its ``code_dim`` defaults to the VAE's ``latent_channels``)."""
@@ -47,22 +47,6 @@ class DiffusersKL(ContinuousLatentTokenizer):
         self.kl_weight = kl_weight
         self.recon_loss, self.recon_weight = check_recon_loss(recon_loss), recon_weight
         self.quantizer = build("quantizer", dimwise_quantizer_config(quantizer, self.latent_dim, "diffusers_kl"))
-
-    @classmethod
-    def from_diffusers(cls, pretrained: str, subfolder: str | None = None, **options: Any) -> DiffusersKL:
-        """The tokenizer around diffusers' ``from_pretrained(pretrained, subfolder=subfolder)`` (a hub id or a
-        folder), in eval mode; ``options`` are this class's other options (``resolution``, …)."""
-        return cls(pretrained=pretrained, subfolder=subfolder, **options).eval()
-
-    @property
-    def encoder(self) -> torch.nn.Module:
-        """The VAE's encoder (named as in vistok's other tokenizers)."""
-        return self.vae.encoder
-
-    @property
-    def last_layer(self) -> torch.Tensor:
-        """The decoder's last weight (VQGAN's adaptive GAN weight compares gradient norms here)."""
-        return self.vae.decoder.conv_out.weight
 
     def posterior(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean, logvar), each (B, N, D) channel-last; diffusers clamps logvar to [-30, 20] as LDM does."""

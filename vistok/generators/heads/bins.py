@@ -60,8 +60,6 @@ class BinsHead(TokenHead):
     def __init__(self, spec: TokenSpec, dim: int, head_width: int = 0, head_depth: int = 4, head_heads: int = 8,
                  order: str | list[int] = "tokenbridge", bin_values: str = "gaussian") -> None:
         super().__init__(spec, dim)
-        if spec.kind != "bins":
-            raise ConfigError(f"BinsHead takes a 'bins' TokenSpec, got kind {spec.kind!r}")
         D, B = spec.channels, spec.vocab_sizes[0]
         if order == "tokenbridge":
             order = list(TOKENBRIDGE_ORDER_16) if D == 16 else list(range(D))
