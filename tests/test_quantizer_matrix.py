@@ -73,3 +73,12 @@ def test_every_quantizer_in_every_tokenizer(tokenizer, quantizer):
 def test_renamed_options_name_their_new_name(name, old, new):
     with pytest.raises(ConfigError, match=f"'{old}' is now '{new}'"):
         build("quantizer", {"name": name, old: 8})
+
+
+@pytest.mark.parametrize(("name", "options", "match"), [("fsq", {"levels": [8, 1]}, "levels"),
+                                                        ("lfq", {"codebook_entropy": "max"}, "codebook_entropy"),
+                                                        ("binary", {"num_bits": 0}, "num_bits"),
+                                                        ("dimwise", {"num_bins": 1}, "num_bins")])
+def test_bad_quantizer_options_raise_config_errors(name, options, match):
+    with pytest.raises(ConfigError, match=match):
+        build("quantizer", {"name": name, **options})
