@@ -4,6 +4,7 @@
     vistok-eval rfid  --tokenizer runs/vq_f8_imagenet64 --data /data/imagenet/val --resolution 64 --out m.json
     vistok-eval recon --tokenizer runs/demo/tokenizer --data shapes --out runs/demo/recon
     vistok-eval ptq   --autoencoder runs/kl_ae_f8_imagenet64 --data /data/imagenet/val --out runs/ptq
+    vistok-eval mllm  --model runs/mllm_vocab_shapes32 --data shapes --out m.json
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import sys
 COMMANDS = {"fid": "generated samples against a reference: FID, sFID, KID, precision/recall, IS",
             "rfid": "a tokenizer's reconstructions: rFID, rKID, PSNR, SSIM, codebook usage, bits/image",
             "recon": "a tokenizer's reconstructions without Inception: PSNR, SSIM, codebook usage, bits/image",
-            "ptq": "post-training dimension-wise quantization of a KL autoencoder (TokenBridge)"}
+            "ptq": "post-training dimension-wise quantization of a KL autoencoder (TokenBridge)",
+            "mllm": "an MLLM: understanding accuracy of its answers, generation judged on shapes"}
 
 
 def main(argv: list[str] | None = None) -> int:

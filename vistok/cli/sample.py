@@ -30,7 +30,7 @@ def _values(kind: type):
 def main(argv: list[str] | None = None, prog: str = "sample.py") -> int:
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="generator run folder (holds config.json, model.safetensors, "
-                                                  "tokenizer/)")
+                                                  "tokenizer/), or an MLLM folder")
     p.add_argument("--prompt", action="append", default=[], help="a prompt; repeat for several")
     p.add_argument("--prompts-file", help="a text file with one prompt per line")
     p.add_argument("--num-per-prompt", type=int, default=4)
@@ -67,8 +67,16 @@ def main(argv: list[str] | None = None, prog: str = "sample.py") -> int:
         return 2
     try:
         from vistok.generate import SamplingSettings, sample_prompts
+        from vistok.mllm.sample import is_mllm_folder
         from vistok.training.loop import pick_device
 
+        if is_mllm_folder(args.model):  # an LLM with a vistok tokenizer plugged in (vistok/mllm)
+            from vistok.mllm.sample import sample_mllm
+
+            sample_mllm(args.model, prompts, args.out, args.num_per_prompt, args.cfg_scale, args.temperature,
+                        args.top_k, args.top_p, args.seed, args.num_tokens, args.batch_size, pick_device(args.device))
+            print(f"wrote {args.out}/manifest.json")
+            return 0
         settings = SamplingSettings(num_per_prompt=args.num_per_prompt, cfg_scale=args.cfg_scale,
                                     cfg_schedule=args.cfg_schedule, cfg_interval=args.cfg_interval,
                                     temperature=args.temperature, top_k=args.top_k,
