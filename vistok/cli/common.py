@@ -7,6 +7,7 @@ import argparse
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -25,6 +26,28 @@ def add_device_option(parser: argparse.ArgumentParser, default: str = "auto") ->
 def add_threads_option(parser: argparse.ArgumentParser, default: int = 0) -> None:
     parser.add_argument("--threads", type=int, default=default,
                         help="torch CPU threads (0: torch's default; set it when the machine is shared)")
+
+
+def add_tokenizer_data_options(parser: argparse.ArgumentParser) -> None:
+    """``--tokenizer``, ``--data``, ``--resolution``, ``--num-images``: what every evaluation of one tokenizer on a
+    dataset reads (see :func:`load_tokenizer_and_data`)."""
+    parser.add_argument("--tokenizer", required=True, help="tokenizer folder (save_pretrained output or a run folder)")
+    parser.add_argument("--data", default="shapes", help="'shapes' or an ImageFolder-layout folder")
+    parser.add_argument("--resolution", type=int, default=None, help="default: the tokenizer's resolution")
+    parser.add_argument("--num-images", type=int, default=None, help="default: all (shapes: 1000)")
+
+
+def load_tokenizer_and_data(args: argparse.Namespace) -> tuple[Any, int, dict[str, Any], Any]:
+    """(tokenizer, resolution, data config, dataset) for the options of :func:`add_tokenizer_data_options`; the
+    resolution defaults to the tokenizer's."""
+    import vistok
+    from vistok.data import build_dataset
+    from vistok.data.sources import data_cfg_from_arg
+
+    tokenizer = vistok.load(args.tokenizer, kind="tokenizer")
+    resolution = args.resolution or tokenizer.resolution
+    data_cfg = data_cfg_from_arg(args.data, resolution, args.num_images)
+    return tokenizer, resolution, data_cfg, build_dataset(data_cfg)
 
 
 def apply_threads(threads: int) -> None:
