@@ -3,8 +3,8 @@ quantizer over the h×w grid → 1×1 projection → conv decoder. The baseline 
 
 The quantizer is chosen by config (``quantizer={"name": "vq", "codebook_size": ..., "code_dim": ...}``), so later
 quantizers (group LFQ, FSQ, …) drop in without touching this file. Training loss: pixel reconstruction (MSE or L1)
-plus the quantizer's named losses. LlamaGen adds LPIPS and a PatchGAN on top; those belong to the loss modules a
-later issue adds (``perceptual_weight``/GAN hooks are deliberately absent rather than stubbed).
+plus the quantizer's named losses. LlamaGen adds LPIPS and a PatchGAN on top; those are training losses
+(``vistok.losses``, a config's ``loss:`` section), not part of the tokenizer.
 """
 
 from __future__ import annotations
