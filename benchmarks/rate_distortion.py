@@ -11,6 +11,10 @@ measured file size is the byte count (headers included: that is what a codec fil
     OUT/prefixes.png          originals and each model's reconstructions from 1, 2, 4, … K tokens
     OUT/adaptive.md           encode_adaptive: mean tokens/bytes an image needs for each --target-psnr
 
+For a model in the latent space of a frozen autoencoder (``vit1d`` with ``autoencoder``, FlexTok's layout) the
+autoencoder's own quality (continuous latents) is reported too, and drawn as a dotted line: the ceiling its tokens
+can approach.
+
 Example (the numbers in docs/tokenizers-1d.md):
 
     python benchmarks/rate_distortion.py --data runs/imagenet_split/heldout \
@@ -92,6 +96,16 @@ def tokenizer_curve(model: Any, images: torch.Tensor, batch_size: int, rfid_ks: 
     return rows
 
 
+@torch.no_grad()
+def autoencoder_ceiling(ae: Any, images: torch.Tensor, batch_size: int) -> dict[str, float]:
+    """PSNR/SSIM of a latent-space model's frozen autoencoder on its own (continuous latents, posterior mean): the
+    quality its 1D tokens can at best approach."""
+    rec = torch.cat([ae.decode_latents(ae.encode_latents(images[i:i + batch_size])).clamp(-1, 1)
+                     for i in range(0, len(images), batch_size)])
+    p, s = quality(images, rec)
+    return {"psnr": float(p.mean()), "ssim": float(s.mean())}
+
+
 def codec_curve(images: torch.Tensor, fmt: str, qualities: tuple[int, ...], inception: Any = None,
                 cache_dir: Path | None = None, rfid_qualities: set[int] | None = None) -> list[dict[str, float]]:
     """Encode every image at each quality; mean file size (bytes), PSNR, SSIM, and with ``inception`` rFID/rKID
@@ -165,6 +179,11 @@ def plot(results: dict[str, Any], path: Path) -> None:
             pts = [(r["bytes"], r[key]) for r in rows if key in r]
             if pts:
                 ax.plot(*zip(*pts), style, ms=ms, label=label)
+        for label, ceiling in results.get("ceilings", {}).items():
+            if key in ceiling:
+                ax.axhline(ceiling[key], ls=":", color="gray", lw=1)
+                ax.annotate(f"{label}: its autoencoder alone", (0.01, ceiling[key]), xycoords=("axes fraction", "data"),
+                            fontsize=7, color="gray", va="bottom")
         ax.set_xscale("log")
         ax.set_xlabel("bytes per image (log scale)")
         ax.set_ylabel(names[key])
@@ -311,11 +330,15 @@ def main(argv: list[str] | None = None) -> int:
     for label, model in models.items():
         results["tokenizers"][label] = tokenizer_curve(model, images, args.batch_size, set(args.rfid_ks), inception,
                                                        out / "fid_cache")
+        if getattr(model, "autoencoder", None) is not None:
+            results.setdefault("ceilings", {})[label] = autoencoder_ceiling(model.autoencoder, images, args.batch_size)
     rfid_qualities = set(args.rfid_codec_qualities) if args.rfid_codec_qualities is not None else None
     for name, fmt, qualities in (("JPEG", "JPEG", JPEG_QUALITIES), ("WebP", "WEBP", WEBP_QUALITIES)):
         results["codecs"][name] = codec_curve(images, fmt, qualities, inception, out / "fid_cache", rfid_qualities)
     summary = [line for label, rows in results["tokenizers"].items()
                for line in compare(label, rows, results["codecs"])]
+    summary += [f"{label}: its frozen autoencoder alone (continuous latents) reaches {c['psnr']:.2f} dB PSNR, "
+                f"SSIM {c['ssim']:.3f}" for label, c in results.get("ceilings", {}).items()]
     results["summary"] = summary
     (out / "rate_distortion.json").write_text(json.dumps(results, indent=1))
     text = table(results) + "\n\n" + "\n".join(summary) + "\n"

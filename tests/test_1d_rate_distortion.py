@@ -88,3 +88,25 @@ def test_rfid_columns_at_chosen_prefix_lengths_and_for_codecs(tmp_path):
     codec = rd.codec_curve(images, "JPEG", (5, 95), inception=choice)
     assert all("rfid" in r for r in codec) and codec[0]["rfid"] >= codec[1]["rfid"] - 1e-6  # q5 no better than q95
     assert "rFID" in rd.table({"tokenizers": {"t": rows}, "codecs": {"JPEG": codec}})
+
+
+def test_tokenizer_curve_of_a_latent_space_model_decodes_through_its_autoencoder():
+    """A vit1d over a frozen autoencoder's latents (FlexTok's layout) goes through the same curve: every prefix
+    length decodes to pixels, bytes count only the 1D tokens (the autoencoder is part of the decoder)."""
+    torch.manual_seed(0)
+    ae = {"name": "kl_ae", "resolution": 16, "channels": 8, "channel_mult": [1, 2, 2], "num_res_blocks": 1,
+          "z_channels": 8, "mid_attention": False, "latent_dim": 4}
+    tok = vistok.build("tokenizer", {"name": "vit1d", "resolution": 16, "patch_size": 2, "num_tokens": 4,
+                                     "encoder_size": "micro", "decoder_size": "micro", "autoencoder": ae,
+                                     "causal_registers": True, "quantizer": {"name": "fsq", "levels": [8, 5]},
+                                     "prefix": {"name": "nested_dropout"}}).eval()
+    x = smooth_images(3)
+    rows = rd.tokenizer_curve(tok, x, batch_size=2)
+    assert [r["k"] for r in rows] == [1, 2, 3, 4]
+    assert rows[0]["bytes"] == pytest.approx(math.log2(40) / 8)
+    p, _ = rd.quality(x, tok.decode(tok.encode(x, num_tokens=2)))
+    assert rows[1]["psnr"] == pytest.approx(float(p.mean()))
+    # the ceiling line: the frozen autoencoder alone, on continuous latents
+    ceiling = rd.autoencoder_ceiling(tok.autoencoder, x, batch_size=2)
+    p, s = rd.quality(x, tok.autoencoder.reconstruct_continuous(x))
+    assert ceiling == pytest.approx({"psnr": float(p.mean()), "ssim": float(s.mean())})
