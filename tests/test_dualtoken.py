@@ -147,3 +147,26 @@ def test_generator_trains_and_samples_on_dualtoken_tokens():
     assert sample.shape == (2, 64, 2)
     tok.token_spec.validate(sample)
     assert tok.decode(sample).shape == (2, 3, 16, 16)
+
+
+@pytest.mark.parametrize("features", ["codes", "semantic"])
+def test_mllm_plug_in_takes_dualtoken_tokens_through_the_adapter(features):
+    pytest.importorskip("transformers")
+    pytest.importorskip("peft")
+    from vistok.mllm import MLLM
+
+    torch.manual_seed(0)
+    tok = vistok.build("tokenizer", {**DUALTOKEN, "resolution": 8}).eval()
+    m = MLLM.build("random:tiny-llama", tok, bridge="auto", features=features)
+    assert m.bridge_cfg["name"] == "adapter" and m.spec.kind == "subvocab" and m.spec.vocab_sizes == (8, 32)
+    tokens = tok.encode(images(2)[:, :, ::2, ::2])
+    batch = m.collate([m.builder.understanding(tokens[0], "what is it?", "a red circle"),
+                       m.builder.generation("a red circle", tokens[1])])
+    m.train()
+    loss, stats = m(**batch)
+    loss.backward()
+    assert torch.isfinite(loss) and "image" in stats
+    m.eval()
+    generated = m.generate_tokens(["a red circle"], seed=0)[0]
+    tok.token_spec.validate(generated[None])
+    assert generated.shape == (16, 2)
