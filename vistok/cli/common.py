@@ -1,10 +1,12 @@
-"""What the CLIs and benchmarks share: their common options (Inception weights, device, CPU threads) and timing."""
+"""What the CLIs and benchmarks share: their common options (Inception weights, device, CPU threads), timing and
+peak memory."""
 
 from __future__ import annotations
 
 import argparse
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -40,3 +42,32 @@ def timed(fn: Callable[[], object], repeats: int) -> float:
         fn()
     sync()
     return (time.perf_counter() - start) / repeats
+
+
+def _proc_status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def peak_memory_mib(fn: Callable[[], object], device: str) -> tuple[float, str]:
+    """Peak extra memory (MiB) of one call of ``fn`` over what was in use before it, and how it was measured:
+    CUDA's ``max_memory_allocated``, or on CPU the peak resident set size (``VmHWM`` reset to the current RSS through
+    ``/proc/self/clear_refs``; where that is refused, the process's lifetime peak, an upper bound). Meant for a
+    fresh process after a warm-up call, so that only ``fn``'s own allocations count."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20, "cuda max_memory_allocated"
+    before = _proc_status_kb("VmRSS")
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+        method = "VmHWM after clear_refs"
+    except OSError:
+        method = "ru_maxrss (peak not resettable: upper bound)"
+    fn()
+    return (_proc_status_kb("VmHWM") - before) / 1024, method
