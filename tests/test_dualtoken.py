@@ -49,6 +49,15 @@ def test_separate_index_is_two_independent_nearest_code_lookups():
     assert set(losses) == {"semantic_codebook", "semantic_commitment", "pixel_codebook", "pixel_commitment"}
     with pytest.raises(ConfigError, match="index"):
         DualCodebookQuantizer(index="both")
+    # health options per branch (DualToken: EMA semantic codebook, dead-code restart on the pixel one)
+    q = DualCodebookQuantizer(index="separate", kmeans_init=True, semantic_options={"ema_decay": 0.99},
+                              pixel_options={"dead_code_steps": 5})
+    assert q.semantic_vq.ema_decay == 0.99 and not q.semantic_vq.dead_code_steps and q.semantic_vq.kmeans_init
+    assert q.pixel_vq.dead_code_steps == 5 and not q.pixel_vq.ema_decay and q.pixel_vq.kmeans_init
+    with pytest.raises(ConfigError, match="pixel_options"):
+        DualCodebookQuantizer(index="separate", pixel_options={"decay": 0.9})
+    with pytest.raises(ConfigError, match="separate"):
+        DualCodebookQuantizer(semantic_options={"ema_decay": 0.9})
     with pytest.raises(ConfigError, match="separate"):
         DualCodebookQuantizer(semantic_codebook_size=8, codebook_size=16)
 
