@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 import vistok
+from vistok.cli.common import add_inception_option, add_threads_option, apply_threads
 from vistok.data import build_dataset
 from vistok.data.split import split_by_class
 from vistok.metrics.codecs import CODECS, codec_roundtrip, interpolate
@@ -273,8 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--load", action="append", default=[], metavar="LABEL=DIR",
                         help="also measure an already trained tokenizer folder")
     parser.add_argument("--holdout-every", type=int, default=6, help="hold out every N-th class")
-    parser.add_argument("--inception", default="auto", help="auto | download | packaged | <path> | none (no rFID)")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    add_inception_option(parser, extra=" | none (no rFID)")
+    add_threads_option(parser)
     parser.add_argument("--out", default="runs/leaderboard")
     parser.add_argument("--publish", metavar="DIR", help="also write DIR/leaderboard.md and DIR/img/leaderboard.png")
     parser.add_argument("--no-progress", action="store_true")
@@ -282,8 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [r for r in args.rows if r not in ROWS]
     if unknown:
         parser.error(f"--rows: unknown {unknown}; choose from {', '.join(ROWS)}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     out = Path(args.out)
     (out / "rows").mkdir(parents=True, exist_ok=True)
     split = out / "split"

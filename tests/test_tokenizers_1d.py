@@ -16,7 +16,7 @@ K = 6  # latent tokens of the test models
 QUANTIZERS = {
     "vq": {"name": "vq", "codebook_size": 32, "code_dim": 4},
     "fsq": {"name": "fsq", "levels": [4, 3, 5]},
-    "binary": {"name": "binary", "num_bits": 5, "embed_dim": 8},
+    "binary": {"name": "binary", "num_bits": 5, "code_dim": 8},
 }
 PREFIXES = {
     "tail_drop": {"name": "tail_drop"},
@@ -241,7 +241,7 @@ def test_fsq_even_levels_use_every_value():
 # ---- binary latents -----------------------------------------------------------------------------------------------
 def test_binary_codes_are_bits_and_eval_thresholds_at_half():
     torch.manual_seed(0)
-    q = BinaryQuantizer(num_bits=7, embed_dim=5).eval()
+    q = BinaryQuantizer(num_bits=7, code_dim=5).eval()
     z = torch.randn(3, 4, 7)
     out = q(z)
     assert out.indices.dtype == torch.int64 and set(out.indices.unique().tolist()) <= {0, 1}
@@ -256,7 +256,7 @@ def test_binary_codes_are_bits_and_eval_thresholds_at_half():
 
 def test_binary_training_samples_tempered_bernoulli():
     torch.manual_seed(0)
-    q = BinaryQuantizer(num_bits=4, embed_dim=2, temperature=0.5, aux_weight=0.3).train()
+    q = BinaryQuantizer(num_bits=4, code_dim=2, sample_temperature=0.5, aux_weight=0.3).train()
     logits = torch.tensor([-1.0, -0.2, 0.3, 1.5])
     z = logits.expand(20_000, 1, 4).clone()
     out = q(z)
@@ -268,7 +268,7 @@ def test_binary_training_samples_tempered_bernoulli():
 
 def test_binary_straight_through_uses_the_untempered_sigmoid():
     torch.manual_seed(0)
-    q = BinaryQuantizer(num_bits=3, embed_dim=2, temperature=0.1, aux_weight=0.0).train()
+    q = BinaryQuantizer(num_bits=3, code_dim=2, sample_temperature=0.1, aux_weight=0.0).train()
     z = torch.randn(2, 5, 3, requires_grad=True)
     q(z).quantized.sum().backward()
     p = torch.sigmoid(z.detach())
