@@ -182,11 +182,14 @@ def plot(results: dict[str, Any], path: Path) -> None:
             pts = [(r["bytes"], r[key]) for r in rows if key in r]
             if pts:
                 ax.plot(*zip(*pts), style, ms=ms, label=label)
+        lines: dict[float, list[str]] = {}  # models sharing one autoencoder share one line
         for label, ceiling in results.get("ceilings", {}).items():
             if key in ceiling:
-                ax.axhline(ceiling[key], ls=":", color="gray", lw=1)
-                ax.annotate(f"{label}: its autoencoder alone", (0.01, ceiling[key]), xycoords=("axes fraction", "data"),
-                            fontsize=7, color="gray", va="bottom")
+                lines.setdefault(round(ceiling[key], 6), []).append(label)
+        for value, labels in lines.items():
+            ax.axhline(value, ls=":", color="gray", lw=1)
+            ax.annotate(f"the frozen autoencoder alone ({'; '.join(labels)})", (0.01, value),
+                        xycoords=("axes fraction", "data"), fontsize=7, color="gray", va="bottom")
         ax.set_xscale("log")
         ax.set_xlabel("bytes per image (log scale)")
         ax.set_ylabel(names[key])
