@@ -1,43 +1,11 @@
 """Train a tokenizer or a generator from a YAML config.
 
-    python train.py --config configs/tokenizer/vq_f4_shapes32.yaml [key=value ...] [--resume] [--overwrite]
-    torchrun --nproc_per_node 8 train.py --config ...      # several processes (DDP), see docs/training.md
-
-Stage 1 (``stage: tokenizer``) trains a tokenizer on images. Stage 2 (``stage: generator``, ``tokenizer=<dir>``)
-encodes the dataset once with the frozen tokenizer (cached) and trains the GPT on the tokens. Overrides use
-OmegaConf dot notation, e.g. ``train.steps=2000 model.quantizer.codebook_size=1024``.
+``python train.py --help`` for the options; the code is in vistok/cli/train.py.
 """
 
-from __future__ import annotations
-
-import argparse
-import os
 import sys
 
-from vistok.errors import VistokError
-from vistok.training.config import load_config
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML experiment config")
-    parser.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
-    parser.add_argument("--overwrite", action="store_true", help="delete the run folder and start over")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to log.jsonl)")
-    parser.add_argument("overrides", nargs="*", help="key=value config overrides")
-    args = parser.parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-        from vistok.training.run import run_training
-
-        run_training(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
-    except VistokError as e:
-        print(f"train.py: error: {e}", file=sys.stderr)
-        return 2
-    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 speaks
-        print(f"saved to {cfg.run_dir}")
-    return 0
-
+from vistok.cli.train import main
 
 if __name__ == "__main__":
     sys.exit(main())

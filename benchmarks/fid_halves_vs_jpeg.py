@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from vistok.cli.common import add_inception_option, add_threads_option, apply_threads
 from vistok.data.imagefolder import ImageFolderDataset
 from vistok.data.imageio import tensor_to_uint8
 from vistok.metrics.fidelity import extract_features, metrics_from_features
@@ -44,14 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", required=True, help="ImageFolder-layout folder")
     p.add_argument("--resolution", type=int, default=64)
     p.add_argument("--quality", type=int, default=10)
-    p.add_argument("--inception", default="auto")
+    add_inception_option(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    add_threads_option(p)
     p.add_argument("--out", default=None, help="JSON file for the numbers")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     start = time.perf_counter()
     choice = resolve_inception(args.inception)
     dataset = ImageFolderDataset(args.data, args.resolution)

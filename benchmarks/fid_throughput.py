@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch_fidelity.utils import extract_featuresdict_from_input_id
 
+from vistok.cli.common import add_inception_option, add_threads_option, apply_threads
 from vistok.data.imagefolder import ImageFolderDataset
 from vistok.data.imageio import save_image
 from vistok.metrics.fidelity import extract_features
@@ -33,11 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-images", type=int, default=64)
     p.add_argument("--resolution", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--inception", default="auto")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    add_inception_option(p)
+    add_threads_option(p)
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     choice = resolve_inception(args.inception)
     extractor = choice.create(["2048"])
     dataset = ImageFolderDataset(args.data, args.resolution, validate=False)

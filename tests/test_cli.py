@@ -74,3 +74,22 @@ def test_train_bad_override_is_one_line(tmp_path):
     assert proc.returncode == 2 and "stepz" in proc.stderr and "Traceback" not in proc.stderr
     proc = run("train.py", *TOK, "model.quantizer.name=vqq", f"run_dir={tmp_path}", check=False)
     assert proc.returncode == 2 and "Did you mean" in proc.stderr
+
+
+def test_console_scripts_point_at_the_same_mains_as_the_scripts(capsys):
+    import importlib
+
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert set(scripts) == {"vistok-train", "vistok-sample", "vistok-eval"}
+    for target in scripts.values():
+        module, func = target.split(":")
+        assert callable(getattr(importlib.import_module(module), func))
+    from vistok.cli import eval as eval_cli
+
+    assert eval_cli.main([]) == 2
+    assert "rfid" in capsys.readouterr().err
+    assert eval_cli.main(["recon", "--tokenizer", "no/such/folder"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("vistok-eval recon: error: no/such/folder"), err

@@ -28,6 +28,11 @@ TINY_TOKENIZERS = {
               "encoder_size": {"width": 32, "depth": 1, "heads": 2},
               "decoder_size": {"width": 32, "depth": 1, "heads": 2},
               "quantizer": {"name": "fsq", "levels": [5, 4, 3]}, "prefix": {"name": "tail_drop"}},
+    **{f"diffusers_{k}": {"resolution": 16, "vae": {"block_out_channels": [8, 16], "layers_per_block": 1,
+                                                     "norm_num_groups": 4, "latent_channels": 4, **extra,
+                                                     "down_block_types": ["DownEncoderBlock2D"] * 2,
+                                                     "up_block_types": ["UpDecoderBlock2D"] * 2}}
+       for k, extra in (("kl", {}), ("vq", {"num_vq_embeddings": 32}))},
 }
 # Parameters that legitimately get no gradient from one training forward, by tokenizer (with the reason).
 NO_GRAD_OK: dict[str, tuple[str, ...]] = {}

@@ -21,68 +21,45 @@ import math
 from typing import Any
 
 import torch
-from einops import rearrange
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from vistok.errors import ConfigError
 from vistok.registry import build, register
-from vistok.spec import TokenSpec
-from vistok.tokenizers.base import Tokenizer, TokenizerOutput, check_recon_loss, pixel_loss
+from vistok.tokenizers.base import GridTokenizer, TokenizerOutput, check_recon_loss, pixel_loss
 from vistok.tokenizers.conv_nets import Decoder, Encoder, conv_net_options
 
 
-@register("tokenizer", "kl_ae")
-class KLAutoencoder(Tokenizer):
-    def __init__(self, resolution: int = 256, channels: int = 128, channel_mult: list[int] = (1, 1, 2, 2, 4),
-                 num_res_blocks: int = 2, z_channels: int = 256, mid_attention: bool = True, dropout: float = 0.0,
-                 latent_dim: int = 16, kl_weight: float = 1e-6, recon_loss: str = "mse", recon_weight: float = 1.0,
-                 quantizer: dict[str, Any] | None = None) -> None:
-        super().__init__()
-        quantizer = dict(quantizer or {"name": "dimwise", "num_bins": 64})
-        if quantizer.get("name") != "dimwise":
-            raise ConfigError(f"kl_ae: the quantizer must be 'dimwise' (post-training), got {quantizer.get('name')!r}")
-        quantizer.setdefault("dim", latent_dim)
-        if quantizer["dim"] != latent_dim:
-            raise ConfigError(f"kl_ae: quantizer.dim={quantizer['dim']} differs from latent_dim={latent_dim}")
-        self.resolution, self.latent_dim, self.kl_weight = resolution, latent_dim, kl_weight
-        self.recon_loss, self.recon_weight = check_recon_loss(recon_loss), recon_weight
-        net, self.downsample = conv_net_options(resolution, channels, channel_mult, num_res_blocks, z_channels,
-                                                mid_attention, dropout)
-        self.encoder = Encoder(**net)
-        self.moments_proj = nn.Conv2d(z_channels, 2 * latent_dim, 1)  # mean and log-variance
-        self.post_quant_proj = nn.Conv2d(latent_dim, z_channels, 1)
-        self.decoder = Decoder(**net)
-        self.quantizer = build("quantizer", quantizer)
+def dimwise_quantizer_config(quantizer: dict[str, Any] | None, latent_dim: int, owner: str) -> dict[str, Any]:
+    """The (post-training) dimension-wise quantizer section of a continuous tokenizer, checked against its latent."""
+    quantizer = dict(quantizer or {"name": "dimwise", "num_bins": 64})
+    if quantizer.get("name") != "dimwise":
+        raise ConfigError(f"{owner}: the quantizer must be 'dimwise' (post-training), got {quantizer.get('name')!r}")
+    quantizer.setdefault("code_dim", latent_dim)
+    if quantizer["code_dim"] != latent_dim:
+        raise ConfigError(f"{owner}: quantizer.code_dim={quantizer['code_dim']} differs from the latent dimension "
+                          f"{latent_dim}")
+    return quantizer
 
-    @property
-    def grid(self) -> tuple[int, int]:
-        side = self.resolution // self.downsample
-        return side, side
 
-    @property
-    def token_spec(self) -> TokenSpec:
-        q = self.quantizer
-        return TokenSpec.bins(q.code_dim, q.num_bins, grid=self.grid, code_dim=q.code_dim)
+class ContinuousLatentTokenizer(GridTokenizer):
+    """A tokenizer over a continuous latent grid (a diagonal Gaussian posterior), tokenized by post-training
+    dimension-wise quantization. Subclasses provide :meth:`posterior` ((mean, logvar), each (B, N, D)),
+    :meth:`decode_latents` ((B, N, D) → unclamped images) and the attributes ``downsample``, ``latent_dim``,
+    ``quantizer`` (a ``DimwiseQuantizer``), ``kl_weight``, ``recon_loss`` and ``recon_weight``; the tokenizer
+    interface, the KL training forward and :func:`post_training_quantize` come from here."""
 
-    @property
-    def last_layer(self) -> torch.Tensor:
-        """The decoder's last weight (VQGAN's adaptive GAN weight compares gradient norms here)."""
-        return self.decoder.conv_out.weight
+    latent_dim: int
+    kl_weight: float
+    recon_loss: str
+    recon_weight: float
 
-    # ---- continuous pieces ------------------------------------------------------------------------------------
-    def posterior(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean, logvar), each (B, N, D) channel-last."""
-        self.check_images(images)
-        mean, logvar = self.moments_proj(self.encoder(images)).chunk(2, dim=1)
-        logvar = logvar.clamp(-30.0, 20.0)  # as LDM's DiagonalGaussianDistribution
-        return rearrange(mean, "b d h w -> b (h w) d"), rearrange(logvar, "b d h w -> b (h w) d")
+    def posterior(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover
+        raise NotImplementedError
 
-    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """(B, N, D) continuous latents → (B, 3, H, W) unclamped images."""
-        h, w = self.grid
-        return self.decoder(self.post_quant_proj(rearrange(latents, "b (h w) d -> b d h w", h=h, w=w)))
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
 
     @torch.no_grad()
     def encode_latents(self, images: torch.Tensor) -> torch.Tensor:
@@ -118,26 +95,61 @@ class KLAutoencoder(Tokenizer):
         return TokenizerOutput(recon, losses, stats, None)
 
 
+@register("tokenizer", "kl_ae")
+class KLAutoencoder(ContinuousLatentTokenizer):
+    def __init__(self, resolution: int = 256, channels: int = 128, channel_mult: list[int] = (1, 1, 2, 2, 4),
+                 num_res_blocks: int = 2, z_channels: int = 256, mid_attention: bool = True, dropout: float = 0.0,
+                 latent_dim: int = 16, kl_weight: float = 1e-6, recon_loss: str = "mse", recon_weight: float = 1.0,
+                 quantizer: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        quantizer = dimwise_quantizer_config(quantizer, latent_dim, "kl_ae")
+        self.resolution, self.latent_dim, self.kl_weight = resolution, latent_dim, kl_weight
+        self.recon_loss, self.recon_weight = check_recon_loss(recon_loss), recon_weight
+        net, self.downsample = conv_net_options(resolution, channels, channel_mult, num_res_blocks, z_channels,
+                                                mid_attention, dropout)
+        self.encoder = Encoder(**net)
+        self.moments_proj = nn.Conv2d(z_channels, 2 * latent_dim, 1)  # mean and log-variance
+        self.post_quant_proj = nn.Conv2d(latent_dim, z_channels, 1)
+        self.decoder = Decoder(**net)
+        self.quantizer = build("quantizer", quantizer)
+
+    @property
+    def last_layer(self) -> torch.Tensor:
+        """The decoder's last weight (VQGAN's adaptive GAN weight compares gradient norms here)."""
+        return self.decoder.conv_out.weight
+
+    def posterior(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, logvar), each (B, N, D) channel-last."""
+        self.check_images(images)
+        mean, logvar = self.moments_proj(self.encoder(images)).chunk(2, dim=1)
+        logvar = logvar.clamp(-30.0, 20.0)  # as LDM's DiagonalGaussianDistribution
+        return self.to_sequence(mean), self.to_sequence(logvar)
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, N, D) continuous latents → (B, 3, H, W) unclamped images."""
+        return self.decoder(self.post_quant_proj(self.to_grid(latents)))
+
+
 @torch.no_grad()
-def post_training_quantize(ae: KLAutoencoder, latents: torch.Tensor, num_bins: int,
-                           **quantizer_options: Any) -> KLAutoencoder:
+def post_training_quantize(ae: ContinuousLatentTokenizer, latents: torch.Tensor, num_bins: int,
+                           **quantizer_options: Any) -> ContinuousLatentTokenizer:
     """TokenBridge's post-training step: a copy of ``ae`` whose dimension-wise quantizer has ``num_bins`` bins and
     per-dimension statistics fitted to ``latents`` (M, N, D). No gradient, no retraining; the weights are shared
     in value with ``ae`` (copied), so the result saves and loads as an ordinary tokenizer."""
     config = dict(ae._hub_mixin_config)  # the constructor arguments the hub mixin recorded
     config["quantizer"] = {**dict(config.get("quantizer") or {"name": "dimwise"}), **quantizer_options,
-                           "num_bins": num_bins, "dim": ae.latent_dim}
+                           "num_bins": num_bins, "code_dim": ae.latent_dim}
     config.pop("_vistok", None)
-    out = KLAutoencoder(**config)
+    out = type(ae)(**config)
     out.load_state_dict(ae.state_dict())
     out.quantizer.fit(latents.reshape(-1, ae.latent_dim))
     return out.eval()
 
 
 @torch.no_grad()
-def ptq_report(ae: KLAutoencoder, dataset: Dataset, bins: list[int], *, num_images: int | None = None,
+def ptq_report(ae: ContinuousLatentTokenizer, dataset: Dataset, bins: list[int], *, num_images: int | None = None,
                batch_size: int = 64, save_bins: int | None = None, progress: bool = True,
-               **quantizer_options: Any) -> tuple[list[dict[str, float]], KLAutoencoder | None]:
+               **quantizer_options: Any) -> tuple[list[dict[str, float]], ContinuousLatentTokenizer | None]:
     """Fit the post-training quantizer to ``dataset``'s latents and compare reconstructions on the same images.
 
     Returns one row per entry of ``bins`` (plus a ``bins = 0`` row for the continuous autoencoder) with PSNR/SSIM
@@ -151,7 +163,7 @@ def ptq_report(ae: KLAutoencoder, dataset: Dataset, bins: list[int], *, num_imag
     ae = ae.cpu().eval()
     images = torch.cat([b["image"] for b in DataLoader(dataset, batch_size=batch_size)])
     latents = torch.cat([ae.encode_latents(x) for x in images.split(batch_size)])  # (M, N, D)
-    variants: dict[int, KLAutoencoder] = {b: post_training_quantize(ae, latents, b, **quantizer_options)
+    variants: dict[int, ContinuousLatentTokenizer] = {b: post_training_quantize(ae, latents, b, **quantizer_options)
                                           for b in sorted(set(bins) | ({save_bins} if save_bins else set()))}
     rows: list[dict[str, float]] = []
     for b in [0, *bins]:

@@ -38,6 +38,10 @@ def run_training(cfg: DictConfig, *, resume: bool = False, overwrite: bool = Fal
                  callbacks: list | None = None, progress: bool = True) -> Any:
     """Train as ``cfg`` says. Under ``torchrun`` every process calls this; it joins the process group (and leaves
     it at the end, also after an error)."""
+    if cfg.stage == "mllm":  # the LLM plug-in (vistok/mllm/train.py)
+        from vistok.mllm.train import run_mllm
+
+        return run_mllm(cfg, resume=resume, overwrite=overwrite, callbacks=callbacks, progress=progress)
     env, dist_device = distributed.setup(cfg.train.device)
     try:
         return _run(cfg, env, dist_device, resume=resume, overwrite=overwrite, callbacks=callbacks, progress=progress)

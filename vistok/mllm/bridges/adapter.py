@@ -1,0 +1,115 @@
+"""The adapter bridge, for every TokenSpec kind (``vocab``, ``subvocab``, ``bits``, ``bins``): no vocabulary growth
+beyond four markers; images enter through a projector and leave through a vistok token head.
+
+- In (LLaVA's ``mlp2x_gelu`` projector; Janus's ``gen_aligner``; UniTok's ``TokenEmbedder`` → projector): each image
+  position holds an ``<img>`` placeholder id whose input embedding is replaced by ``projector(code vector)``. The code
+  vector is the frozen tokenizer's code for the position's indices (``quantizer.indices_to_codes``: one vector for a
+  group LFQ position's G sub-codes, a binary position's K bits, a PTQ position's D bins), or, with
+  ``features="semantic"`` on a dual-codebook tokenizer, the semantic half of its code (TokenFlow's understanding
+  input).
+- Out (Janus's ``gen_head``, UniTok's ``AR_head``): the registered vistok head for the spec's kind
+  (``vistok.generators.heads``; built by ``build_head``) reads the LLM's last hidden state (after its final norm) at
+  the position before each slot and scores / samples that slot's token: a softmax for ``vocab``, per-group softmaxes
+  with Open-MAGVIT2's intra-token transformer for ``subvocab``, Bernoulli bits, TokenBridge's dimension-wise head.
+- An image: ``<boi> <img>×n <eoi>`` (n = L, or a chosen prefix for ``prefix_ok`` tokenizers); the LLM's own position
+  encoding orders the slots.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from vistok.generators.heads import build_head
+from vistok.mllm.bridges.base import BOI, EOI, UNCOND, Bridge
+from vistok.registry import register
+from vistok.spec import TokenSpec
+
+IMG = "<img>"
+
+
+@register("mllm_bridge", "adapter")
+class AdapterBridge(Bridge):
+    """code_dim: width of the code vectors (given by the MLLM); projector_depth: Linear layers of the projector
+    (LLaVA 2: Linear-GELU-Linear); head: options of the token head (e.g. ``{factorized_layers: 1}``)."""
+
+    uses_embeddings_only = False
+
+    def __init__(self, spec: TokenSpec, hidden_size: int, code_dim: int, projector_depth: int = 2,
+                 head: dict[str, Any] | None = None) -> None:
+        super().__init__(spec, hidden_size)
+        layers: list[nn.Module] = [nn.Linear(code_dim, hidden_size)]
+        for _ in range(projector_depth - 1):
+            layers += [nn.GELU(), nn.Linear(hidden_size, hidden_size)]
+        self.projector = nn.Sequential(*layers)
+        self.head = build_head(spec, hidden_size, **(head or {}))
+        for m in self.head.modules():  # the GPT's generic init, then the head's own (zero output layers)
+            if isinstance(m, nn.Linear | nn.Embedding):
+                nn.init.normal_(m.weight, std=0.02)
+                if getattr(m, "bias", None) is not None:
+                    nn.init.zeros_(m.bias)
+        self.head.init_weights()
+
+    def added_tokens(self) -> list[str]:
+        return [BOI, EOI, UNCOND, IMG]
+
+    def bind(self, token_ids: dict[str, int]) -> None:
+        super().bind(token_ids)
+        self.boi, self.eoi, self.uncond, self.img = (token_ids[t] for t in (BOI, EOI, UNCOND, IMG))
+
+    def image_ids(self, tokens: torch.Tensor) -> torch.Tensor:
+        return torch.tensor([self.boi] + [self.img] * tokens.shape[0] + [self.eoi])
+
+    def image_token_label_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return input_ids == self.img
+
+    @property
+    def interior_ids(self) -> torch.Tensor:
+        return torch.tensor([self.img, self.eoi])
+
+    def project(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (B, n[, C]) -> input embeddings (B, n, hidden) through the frozen codes and the projector."""
+        codes = self.codes(tokens).to(self.projector[0].weight.dtype)
+        return self.projector(codes)
+
+    def inputs_embeds(self, embed: nn.Module, input_ids: torch.Tensor, image_tokens: torch.Tensor,
+                      num_slots: torch.Tensor) -> torch.Tensor:
+        slots = input_ids == self.img
+        embeds = embed(torch.where(slots, torch.zeros_like(input_ids), input_ids))
+        if not slots.any():
+            return embeds
+        take = torch.arange(image_tokens.shape[1], device=input_ids.device)[None] < num_slots[:, None]  # (B, L)
+        projected = self.project(image_tokens)[take]  # row-major, as the slots appear in the sequence
+        if projected.shape[0] != int(slots.sum()):
+            raise ValueError(f"{int(slots.sum())} image slots in the sequences but {projected.shape[0]} image tokens")
+        return embeds.masked_scatter(slots[..., None], projected.to(embeds.dtype))
+
+    def predictor_mask(self, input_ids: torch.Tensor, generate_rows: torch.Tensor) -> torch.Tensor:
+        """(B, T): positions whose hidden state predicts the next slot's token, in generation rows only."""
+        slots = (input_ids == self.img) & generate_rows[:, None]
+        before = torch.zeros_like(slots)
+        before[:, :-1] = slots[:, 1:]
+        return before
+
+    def image_loss(self, hidden: torch.Tensor, input_ids: torch.Tensor, image_tokens: torch.Tensor,
+                   generate_rows: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]] | None:
+        if not generate_rows.any():
+            return None
+        pred = self.predictor_mask(input_ids, generate_rows)
+        num = (input_ids == self.img).sum(1)
+        take = (torch.arange(image_tokens.shape[1], device=input_ids.device)[None] < num[:, None]) & \
+            generate_rows[:, None]
+        targets = image_tokens[take]  # (N[, C]) in slot order
+        h = hidden[pred].to(torch.promote_types(hidden.dtype, torch.float32))
+        return self.head.loss(h[None], targets[None].long())
+
+    @torch.no_grad()
+    def sample(self, hidden_cond: torch.Tensor, hidden_uncond: torch.Tensor | None, cfg_scale: float,
+               temperature: float, top_k: int, top_p: float, generator: torch.Generator | None) -> torch.Tensor:
+        """One slot's token for each row, (B,) or (B, C), from the last hidden states (B, hidden)."""
+        hc = hidden_cond.float()
+        hu = None if hidden_uncond is None else hidden_uncond.float()
+        return self.head.sample(hc, hu, cfg_scale, temperature=temperature, top_k=top_k, top_p=top_p,
+                                generator=generator)

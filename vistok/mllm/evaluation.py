@@ -1,0 +1,61 @@
+"""Measuring an MLLM: understanding (accuracy of free-text answers), generation (the shapes judge's prompt accuracy;
+FID/KID through the harness), and text perplexity on held-out text."""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from vistok.data.shapes import COLORS, SHAPES
+
+
+def article(phrase: str) -> str:
+    return f"{'an' if phrase[:1].lower() in 'aeiou' else 'a'} {phrase}"
+
+
+def shapes_reading(text: str) -> tuple[str | None, str | None]:
+    """(color, shape) named first in an answer, before any "on a … background" (whose colors are not the shape's)."""
+    head = re.split(r"\bon\b", text.lower(), maxsplit=1)[0]
+    words = re.findall(r"[a-z]+", head)
+    color = next((w for w in words if w in COLORS), None)
+    shape = next((w for w in words if w in SHAPES), None)
+    return color, shape
+
+
+def answer_correct(answer: str, target: str, shapes: bool) -> bool:
+    """Shapes: the answer names the target's color and shape. Otherwise: the target class name (or one of its
+    comma-separated synonyms) appears in the answer, case-insensitively."""
+    if shapes:
+        return shapes_reading(answer) == shapes_reading(target) != (None, None)
+    names = [n.strip().lower() for n in target.split(",") if n.strip()]
+    return any(n in answer.lower() for n in names)
+
+
+@torch.no_grad()
+def understanding_accuracy(model: Any, images: torch.Tensor, targets: list[str], question: str, shapes: bool,
+                           batch_size: int = 16, max_new_tokens: int = 16,
+                           progress: bool = False) -> dict[str, Any]:
+    """Greedy answers to ``question`` for each image, scored against ``targets``."""
+    answers: list[str] = []
+    for i in tqdm(range(0, len(images), batch_size), desc="answering", disable=not progress):
+        answers += model.answer(images[i:i + batch_size], question, max_new_tokens=max_new_tokens)
+    correct = [answer_correct(a, t, shapes) for a, t in zip(answers, targets)]
+    return {"accuracy": sum(correct) / max(len(correct), 1), "answers": answers, "correct": correct}
+
+
+@torch.no_grad()
+def generate_for_prompts(model: Any, prompts: list[str], batch_size: int = 8, progress: bool = False,
+                         seed: int = 0, **sampling: Any) -> torch.Tensor:
+    """Images (N, 3, R, R) for the prompts; batch b samples with seed ``seed * 1_000_003 + b``."""
+    out = []
+    for b, i in enumerate(tqdm(range(0, len(prompts), batch_size), desc="generating", disable=not progress)):
+        out.append(model.generate_images(prompts[i:i + batch_size], seed=seed * 1_000_003 + b, **sampling).cpu())
+    return torch.cat(out)
+
+
+def perplexity(model: Any, texts: list[str]) -> float:
+    return math.exp(model.text_nll(texts))
