@@ -26,6 +26,9 @@ Example (the numbers in docs/tokenizers-1d.md):
 on the first ``--overfit-images`` images for ``--overfit-steps`` steps and reports PSNR per prefix length on them
 (OUT/overfit_evidence.md): the regularizers' effect on the order of information, apart from generalization.
 
+``--include OUT/rate_distortion.json`` merges the curves of an earlier run on the same images (models trained at
+different times measured once each); the included models are loaded again only for the prefix grid.
+
 ``--make-split DIR`` first writes a train/held-out split of ``--data`` as symlinks (every 6th class folder held out;
 nothing is copied) under DIR/train and DIR/heldout, so the tokenizers can be trained on one part and measured on
 the other, then exits.
@@ -179,11 +182,14 @@ def plot(results: dict[str, Any], path: Path) -> None:
             pts = [(r["bytes"], r[key]) for r in rows if key in r]
             if pts:
                 ax.plot(*zip(*pts), style, ms=ms, label=label)
+        lines: dict[float, list[str]] = {}  # models sharing one autoencoder share one line
         for label, ceiling in results.get("ceilings", {}).items():
             if key in ceiling:
-                ax.axhline(ceiling[key], ls=":", color="gray", lw=1)
-                ax.annotate(f"{label}: its autoencoder alone", (0.01, ceiling[key]), xycoords=("axes fraction", "data"),
-                            fontsize=7, color="gray", va="bottom")
+                lines.setdefault(round(ceiling[key], 6), []).append(label)
+        for value, labels in lines.items():
+            ax.axhline(value, ls=":", color="gray", lw=1)
+            ax.annotate(f"the frozen autoencoder alone ({'; '.join(labels)})", (0.01, value),
+                        xycoords=("axes fraction", "data"), fontsize=7, color="gray", va="bottom")
         ax.set_xscale("log")
         ax.set_xlabel("bytes per image (log scale)")
         ax.set_ylabel(names[key])
@@ -296,6 +302,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --rfid-ks: the codec qualities to compute rFID at (default: every one)")
     parser.add_argument("--inception", default="auto", help="auto | download | packaged | <path> (docs/evaluation.md)")
     parser.add_argument("--out", default="runs/rate_distortion")
+    parser.add_argument("--include", action="append", default=[], metavar="JSON",
+                        help="merge the curves of an earlier run (its rate_distortion.json, same --data, resolution "
+                             "and images) into this table and plot; its models join the prefix grid")
     parser.add_argument("--make-split", metavar="DIR", help="write a train/held-out symlink split of --data and exit")
     parser.add_argument("--overfit-config", help="also run the memorization-regime evidence with this tokenizer config")
     parser.add_argument("--overfit-images", type=int, default=16)
@@ -320,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"data": args.data, "resolution": args.resolution, "num_images": len(images),
-                               "tokenizers": {}, "codecs": {}}
+                               "tokenizers": {}, "codecs": {},
+                               "models": {spec.split("=", 1)[0]: spec.split("=", 1)[1] for spec in args.model}}
     inception = None
     if args.rfid_ks:
         from vistok.metrics.inception import resolve_inception
@@ -332,6 +342,21 @@ def main(argv: list[str] | None = None) -> int:
                                                        out / "fid_cache")
         if getattr(model, "autoencoder", None) is not None:
             results.setdefault("ceilings", {})[label] = autoencoder_ceiling(model.autoencoder, images, args.batch_size)
+    grid_models = dict(models)
+    for path in args.include:
+        earlier = json.loads(Path(path).read_text())
+        same = {k: earlier.get(k) == results[k] for k in ("data", "resolution", "num_images")}
+        if not all(same.values()):
+            parser.error(f"--include {path}: measured on other images ({', '.join(k for k, v in same.items() if not v)}"
+                         " differ); rerun it with this --data/--resolution/--num-images")
+        clash = set(earlier["tokenizers"]) & set(results["tokenizers"])
+        if clash:
+            parser.error(f"--include {path}: labels {sorted(clash)} are already measured in this run")
+        results["tokenizers"].update(earlier["tokenizers"])
+        results.setdefault("ceilings", {}).update(earlier.get("ceilings", {}))
+        for label, run_dir in earlier.get("models", {}).items():
+            results["models"][label] = run_dir
+            grid_models[label] = vistok.load(run_dir, kind="tokenizer").eval()
     rfid_qualities = set(args.rfid_codec_qualities) if args.rfid_codec_qualities is not None else None
     for name, fmt, qualities in (("JPEG", "JPEG", JPEG_QUALITIES), ("WebP", "WEBP", WEBP_QUALITIES)):
         results["codecs"][name] = codec_curve(images, fmt, qualities, inception, out / "fid_cache", rfid_qualities)
@@ -345,8 +370,8 @@ def main(argv: list[str] | None = None) -> int:
     (out / "rate_distortion.md").write_text(text)
     print(text)
     plot(results, out / "rate_distortion.png")
-    if models:
-        prefix_grid(models, images, out / "prefixes.png")
+    if grid_models:
+        prefix_grid(grid_models, images, out / "prefixes.png")
         if args.target_psnr:
             adapt = adaptive(models, images, args.target_psnr, args.batch_size)
             (out / "adaptive.md").write_text(adapt + "\n")

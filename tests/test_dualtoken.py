@@ -49,6 +49,15 @@ def test_separate_index_is_two_independent_nearest_code_lookups():
     assert set(losses) == {"semantic_codebook", "semantic_commitment", "pixel_codebook", "pixel_commitment"}
     with pytest.raises(ConfigError, match="index"):
         DualCodebookQuantizer(index="both")
+    # health options per branch (DualToken: EMA semantic codebook, dead-code restart on the pixel one)
+    q = DualCodebookQuantizer(index="separate", kmeans_init=True, semantic_options={"ema_decay": 0.99},
+                              pixel_options={"dead_code_steps": 5})
+    assert q.semantic_vq.ema_decay == 0.99 and not q.semantic_vq.dead_code_steps and q.semantic_vq.kmeans_init
+    assert q.pixel_vq.dead_code_steps == 5 and not q.pixel_vq.ema_decay and q.pixel_vq.kmeans_init
+    with pytest.raises(ConfigError, match="pixel_options"):
+        DualCodebookQuantizer(index="separate", pixel_options={"decay": 0.9})
+    with pytest.raises(ConfigError, match="separate"):
+        DualCodebookQuantizer(semantic_options={"ema_decay": 0.9})
     with pytest.raises(ConfigError, match="separate"):
         DualCodebookQuantizer(semantic_codebook_size=8, codebook_size=16)
 
@@ -147,3 +156,26 @@ def test_generator_trains_and_samples_on_dualtoken_tokens():
     assert sample.shape == (2, 64, 2)
     tok.token_spec.validate(sample)
     assert tok.decode(sample).shape == (2, 3, 16, 16)
+
+
+@pytest.mark.parametrize("features", ["codes", "semantic"])
+def test_mllm_plug_in_takes_dualtoken_tokens_through_the_adapter(features):
+    pytest.importorskip("transformers")
+    pytest.importorskip("peft")
+    from vistok.mllm import MLLM
+
+    torch.manual_seed(0)
+    tok = vistok.build("tokenizer", {**DUALTOKEN, "resolution": 8}).eval()
+    m = MLLM.build("random:tiny-llama", tok, bridge="auto", features=features)
+    assert m.bridge_cfg["name"] == "adapter" and m.spec.kind == "subvocab" and m.spec.vocab_sizes == (8, 32)
+    tokens = tok.encode(images(2)[:, :, ::2, ::2])
+    batch = m.collate([m.builder.understanding(tokens[0], "what is it?", "a red circle"),
+                       m.builder.generation("a red circle", tokens[1])])
+    m.train()
+    loss, stats = m(**batch)
+    loss.backward()
+    assert torch.isfinite(loss) and "image" in stats
+    m.eval()
+    generated = m.generate_tokens(["a red circle"], seed=0)[0]
+    tok.token_spec.validate(generated[None])
+    assert generated.shape == (16, 2)

@@ -345,3 +345,12 @@ def test_left_padded_batches_decode_as_single_prompts(bridge):
     alone = m.generate_tokens(["a red circle"], temperature=0.0)[0]
     batched = m.generate_tokens(["a red circle", "a much longer prompt about a purple star"], temperature=0.0)[0]
     assert torch.equal(alone, batched)
+
+
+@pytest.mark.parametrize("llm", ["random:tiny-llama", "random:tiny-llama-untied"])
+def test_training_logits_at_labelled_positions_are_the_llms_own(llm):
+    m = build("vocab", "vocabulary", llm=llm, trainable={"lora": {"r": 4}}).eval()
+    batch = batch_for(m)
+    with torch.no_grad():
+        out = m.llm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
+        torch.testing.assert_close(m._lm_logits(out.hidden_states[-1]), out.logits.float())

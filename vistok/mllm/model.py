@@ -188,35 +188,38 @@ class MLLM(nn.Module):
         """A batch from :func:`collate` -> (loss, detached stats): the LM cross-entropy over every labelled token
         (answers, image ids of the vocabulary bridge, text) plus, for the adapter bridge, its head's loss on the
         generated images' tokens."""
-        need_hidden = not self.bridge.uses_embeddings_only
         position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)
-        if need_hidden:
-            embeds = self.bridge.inputs_embeds(self.embed, input_ids, image_tokens, num_slots)
-            out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
-                           output_hidden_states=True, use_cache=False)
-        else:
-            out = self.llm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                           use_cache=False)
-        logits = out.logits[:, :-1].float()
+        inputs = ({"input_ids": input_ids} if self.bridge.uses_embeddings_only else
+                  {"inputs_embeds": self.bridge.inputs_embeds(self.embed, input_ids, image_tokens, num_slots)})
+        # logits only where a label is (logits_to_keep=1 skips the LLM's own (B, T, vocab) product): the answers of
+        # understanding rows are a few tokens, and a 49k-entry vocabulary over every position is most of the memory
+        out = self.llm(**inputs, attention_mask=attention_mask, position_ids=position_ids, output_hidden_states=True,
+                       use_cache=False, logits_to_keep=1)
+        hidden = out.hidden_states[-1]  # after the final norm
         targets = labels[:, 1:]
-        nll = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE, reduction="none")  # (B, T-1)
         counted = targets != IGNORE
-        total = nll.sum()
-        count = counted.sum()
-        lm = total / count.clamp(min=1)
+        nll = F.cross_entropy(self._lm_logits(hidden[:, :-1][counted]), targets[counted], reduction="none")
+        lm = nll.sum() / counted.sum().clamp(min=1)
         stats: dict[str, torch.Tensor] = {"lm": lm.detach()}
+        position_role = role[:, None].expand_as(counted)[counted]
         for r, name in enumerate(ROLES):
-            rows = (role == r)[:, None] & counted
-            if rows.any():
-                stats[f"lm_{name}"] = (nll[rows].sum() / rows.sum()).detach()
+            if (position_role == r).any():
+                stats[f"lm_{name}"] = nll[position_role == r].mean().detach()
         loss = lm
-        image = self.bridge.image_loss(out.hidden_states[-1], input_ids, image_tokens,
-                                       role == ROLES.index("generation")) if need_hidden else None
+        image = self.bridge.image_loss(hidden, input_ids, image_tokens, role == ROLES.index("generation"))
         if image is not None:
             image_loss, image_stats = image
             loss = loss + image_loss
             stats.update({"image": image_loss.detach(), **{f"image_{k}": v for k, v in image_stats.items()}})
         return loss, stats
+
+    def _lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The LLM's output head on final hidden states (N, D) -> float logits (N, V), with the logit soft-capping
+        of the models that have it (Gemma 2)."""
+        base = self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
+        logits = base.get_output_embeddings()(hidden).float()
+        cap = getattr(base.config, "final_logit_softcapping", None)
+        return torch.tanh(logits / cap) * cap if cap else logits
 
     def collate(self, seqs: list[Sequence], length: int | None = None, left: bool = False) -> dict[str, torch.Tensor]:
         return collate(seqs, self.text_tokenizer.pad_token_id, self.spec.token_shape, length, left)

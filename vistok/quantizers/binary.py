@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from vistok.errors import ConfigError
-from vistok.quantizers.base import Quantizer, QuantizerOutput
+from vistok.quantizers.base import Quantizer, QuantizerOutput, usage_stats
 from vistok.registry import register
 
 
@@ -65,10 +65,10 @@ class BinaryQuantizer(Quantizer):
             embedded = bits_st @ self.bit_embedding
         losses = {"binary_aux": self.aux_weight * (probs * (1 - probs)).mean()} if self.training else {}
         flat = bits.detach().reshape(-1, self.num_bits)
-        stats = {"bit_mean": bits.mean().detach(),
-                 # usage for bits: the fraction of the K bits that take both values in this batch (a dead bit is
-                 # constant); the analogue of the fraction of codebook entries a VQ uses
-                 "usage": (flat.amax(0) != flat.amin(0)).float().mean(),
+        stats = {**usage_stats(flat.long(), self.codebook_sizes),  # per-bit histograms, as the evaluation's
+                 "bit_mean": bits.mean().detach(),
+                 # the fraction of the K bits that take both values in this batch (a dead bit is constant)
+                 "live_bits": (flat.amax(0) != flat.amin(0)).float().mean(),
                  # how undecided the encoder still is: mean p(1-p) is 0.25 for coin flips, 0 for certain bits
                  "bit_uncertainty": (probs * (1 - probs)).mean().detach()}
         return QuantizerOutput(embedded, bits.long(), losses, stats)

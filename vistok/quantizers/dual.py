@@ -16,8 +16,10 @@ tables are addressed:
 - ``"separate"`` (DualToken, Song et al., arXiv 2503.14324, songweii/DualToken): two independent nearest-code
   lookups, one per branch, with their own sizes ``semantic_codebook_size`` and ``pixel_codebook_size``; each is a
   :class:`~vistok.quantizers.vq.VectorQuantizer` (l2-normalised), so k-means initialization, dead-code restart
-  and EMA updates apply per branch. TokenSpec ``subvocab`` with G = 2: sub-token 0 is the semantic index,
-  sub-token 1 the pixel index; bits per position log2 K_sem + log2 K_pix.
+  and EMA updates apply per branch: the top-level options set both, ``semantic_options`` / ``pixel_options``
+  override them per branch (DualToken: EMA updates for the semantic codebook, dead-code restart for the pixel
+  one). TokenSpec ``subvocab`` with G = 2: sub-token 0 is the semantic index, sub-token 1 the pixel index;
+  bits per position log2 K_sem + log2 K_pix.
 
 Losses (TokenFlow ``vq_loss.py``; VQ-VAE): codebook ``mean((q − sg(ẑ))²)`` (weight 1) and commitment
 ``0.25 · mean((sg(q) − ẑ)²)`` on the normalised vectors (in ``separate`` mode per branch, named
@@ -56,7 +58,8 @@ class DualCodebookQuantizer(Quantizer):
                  semantic_weight: float = 1.0, pixel_weight: float = 1.0, commitment_weight: float = 0.25,
                  codebook_weight: float = 1.0, index: str = "shared", semantic_codebook_size: int | None = None,
                  pixel_codebook_size: int | None = None, kmeans_init: bool = False, kmeans_iters: int = 10,
-                 dead_code_steps: int = 0, ema_decay: float = 0.0, ema_eps: float = 1e-5) -> None:
+                 dead_code_steps: int = 0, ema_decay: float = 0.0, ema_eps: float = 1e-5,
+                 semantic_options: dict | None = None, pixel_options: dict | None = None) -> None:
         super().__init__()
         if index not in INDEX_MODES:
             raise ConfigError(f"dual: index must be one of {INDEX_MODES}, got {index!r}")
@@ -74,11 +77,18 @@ class DualCodebookQuantizer(Quantizer):
             self.codebook_sizes = sizes
             health = {"kmeans_init": kmeans_init, "kmeans_iters": kmeans_iters, "dead_code_steps": dead_code_steps,
                       "ema_decay": ema_decay, "ema_eps": ema_eps}
-            self.semantic_vq, self.pixel_vq = (
-                VectorQuantizer(size, dim, l2_norm=True, commitment_weight=commitment_weight,
-                                codebook_weight=codebook_weight, **health)
-                for size, dim in zip(sizes, (semantic_dim, pixel_dim)))
+            branches = []
+            for branch, size, dim, extra in (("semantic", sizes[0], semantic_dim, semantic_options),
+                                             ("pixel", sizes[1], pixel_dim, pixel_options)):
+                unknown = sorted(set(extra or {}) - set(health))
+                if unknown:
+                    raise ConfigError(f"dual: {branch}_options takes {sorted(health)}, got {unknown}")
+                branches.append(VectorQuantizer(size, dim, l2_norm=True, commitment_weight=commitment_weight,
+                                                codebook_weight=codebook_weight, **{**health, **(extra or {})}))
+            self.semantic_vq, self.pixel_vq = branches
             return
+        if semantic_options or pixel_options:
+            raise ConfigError("dual: semantic_options / pixel_options need index='separate'")
         if semantic_codebook_size not in (None, codebook_size) or pixel_codebook_size not in (None, codebook_size):
             raise ConfigError("dual: semantic_codebook_size / pixel_codebook_size need index='separate' (a shared "
                               "index addresses two tables of the same size codebook_size)")

@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 
 from vistok.errors import ConfigError
-from vistok.quantizers.base import Quantizer, QuantizerOutput
+from vistok.quantizers.base import Quantizer, QuantizerOutput, usage_stats
 from vistok.registry import register
 from vistok.training.distributed import batch_mean
 
@@ -206,16 +206,6 @@ class GroupLFQ(Quantizer):
                     stats["sample_entropy"], stats["codebook_entropy"] = sample_h.detach(), codebook_h.detach()
             # straight-through when a gradient is wanted; otherwise the exact ±1 codes
             quantized = z + (codes - z).detach() if z.requires_grad else codes
-        stats.update(_group_usage(indices.detach(), self.codebook_sizes))
+        stats.update(usage_stats(indices.detach(), self.codebook_sizes))
         return QuantizerOutput(quantized, indices, losses, stats)
 
-
-def _group_usage(indices: torch.Tensor, sizes: Sequence[int]) -> dict[str, torch.Tensor]:
-    """Batch usage and perplexity per sub-token, averaged over sub-tokens (one histogram each, never mixed)."""
-    flat = indices.reshape(-1, indices.shape[-1])
-    usage, perplexity = [], []
-    for k, size in enumerate(sizes):
-        counts = torch.bincount(flat[:, k], minlength=size).float()
-        usage.append((counts > 0).float().mean())
-        perplexity.append(entropy(counts / counts.sum()).exp())
-    return {"usage": torch.stack(usage).mean(), "perplexity": torch.stack(perplexity).mean()}

@@ -68,7 +68,7 @@ class SampleConfig:
 class EvalConfig:
     every: int = 0  # 0: off. Otherwise evaluate on a fixed held-out set every N steps (and at the end)
     num_images: int = 256
-    data: dict[str, Any] = field(default_factory=dict)  # held-out set; empty: the training data with seed+1
+    data: dict[str, Any] = field(default_factory=dict)  # held-out set (empty: see held_out_data_cfg)
     fid: bool = False  # also rFID/rKID (tokenizer stage) or FID/KID of samples vs the held-out set (generator stage)
     inception: str = "auto"  # auto | download | packaged | <weights path> (see docs/evaluation.md)
 
