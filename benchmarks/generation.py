@@ -28,18 +28,11 @@ from pathlib import Path
 
 import torch
 
+from vistok.cli.common import timed
 from vistok.generators.gpt import GPT
 from vistok.generators.xar import XAR
 from vistok.layers import swiglu_hidden_dim
 from vistok.spec import TokenSpec
-
-
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    return (time.perf_counter() - start) / repeats
 
 
 def throughput(args) -> None:

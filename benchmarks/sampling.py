@@ -7,20 +7,12 @@ same tokens, one run. Prints a table (tokens/s and speed-up).
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
+from vistok.cli.common import timed
 from vistok.generators.gpt import GPT
 from vistok.spec import TokenSpec
-
-
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    return (time.perf_counter() - start) / repeats
 
 
 def main() -> None:
