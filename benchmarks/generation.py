@@ -5,16 +5,19 @@
    BOS token as the prefix, like our one class token; HF's default dynamic cache, SDPA attention), and vs our own
    decoding without the cache (recompute the prefix every step; ``benchmarks/sampling.py`` sweeps that one).
 2. Wall time per image on a 16×16 token grid with CFG (doubled batch), at batch 1 (latency) and ``--batch``
-   (throughput): next-token vs token-shuffle s=2 vs next-cell 2×2 (xAR, discrete head) in the shift layout (N = 4
-   tokens fed per step) and in the content+query layout (2N), same backbone size, random weights (speed does not
-   depend on training).
+   (throughput): next-token vs token-shuffle s=2 vs next-cell 2×2 (xAR) with the discrete head in the shift layout
+   (N = 4 tokens fed per step) and in the content+query layout (2N), with xAR's denoising transformer (entity_head
+   flow, ``--flow-steps`` Euler–Maruyama steps per cell, each a backbone pass) and with the per-token flow head
+   (flow_mlp: one backbone pass per cell, then its default 25 Euler steps of the small MLP), and xAR's own setting
+   of 4 cells of 8×8 with 50 steps, same backbone size, random weights (speed does not depend on training);
+   ``--only`` picks rows by name (next-token always runs, as the reference).
 3. Quality (``--runs name=DIR ...``, generators trained with the same budget on captioned shapes, class- or
    text-conditional): prompt accuracy by the shapes judge (a CNN trained on real shapes only; shape and color both
    right, chance 1/24) on ``--num-prompts`` held-out prompts × ``--num-per-prompt`` samples, and FID/KID of those
    samples against ``--fid-real`` training images through the harness (``vistok.metrics.fid``; with a few hundred
    images FID is strongly biased upward, so compare the rows with each other only).
 
-    python benchmarks/generation.py [--skip-quality] [--runs next_token=runs/a shuffle2=runs/b cell2=runs/c]
+    python benchmarks/generation.py [--skip-quality] [--skip-throughput] [--runs next_token=runs/a cell2=runs/c]
 """
 
 from __future__ import annotations
@@ -82,14 +85,30 @@ def throughput(args) -> None:
 def per_image_time(args) -> None:
     spec = TokenSpec.vocab(args.vocab, grid=(16, 16), code_dim=8)
     kw = {"token_spec": spec.to_dict(), "num_classes": 10, "dim": args.dim, "depth": args.depth, "heads": args.heads}
+    cell = {"name": "cell", "size": 2}
+    steps = args.flow_steps
     models = {"next-token (s=1)": GPT(**kw), "token-shuffle s=2": GPT(**kw, window=2),
-              "next-cell 2×2 (xAR, shift layout)": XAR(**kw, entity={"name": "cell", "size": 2}, layout="shift"),
-              "next-cell 2×2 (xAR, query layout)": XAR(**kw, entity={"name": "cell", "size": 2}, layout="query")}
+              "next-cell 2×2 (xAR discrete, shift layout)": XAR(**kw, entity=cell, entity_head="discrete",
+                                                              layout="shift"),
+              "next-cell 2×2 (xAR discrete, query layout)": XAR(**kw, entity=cell, entity_head="discrete",
+                                                              layout="query"),
+              f"next-cell 2×2 (xAR flow: the transformer denoises, {steps} steps/cell)":
+                  XAR(**kw, entity=cell, entity_head="flow", flow_steps=steps),
+              "next-cell 2×2 (xAR flow_mlp: per-token MLP head, 25 steps/cell)":
+                  XAR(**kw, entity=cell, entity_head="flow_mlp"),
+              "next-cell 8×8 (xAR flow, 4 cells as xAR's clusters=4, 50 steps/cell)":
+                  XAR(**kw, entity={"name": "cell", "size": 8}, entity_head="flow", flow_steps=50)}
+    if args.only:  # the first row (the next-token reference) always runs
+        models = {k: v for i, (k, v) in enumerate(models.items()) if i == 0 or any(o in k for o in args.only)}
+    for model in models.values():
+        if getattr(model, "entity_head", "discrete") != "discrete":
+            model.set_codebook(torch.randn(args.vocab, 8, generator=torch.Generator().manual_seed(0)))
     batches = sorted({1, args.batch})  # batch 1: latency of one image; batch B: throughput
     print(f"\n### Wall time per image: 16×16 tokens, CFG 2.0 (doubled batch), dim {args.dim}, depth {args.depth}, "
           f"torch threads {torch.get_num_threads()}\n")
-    print("| generator | decoding steps | " + " | ".join(f"s / image, batch {b} | speed-up" for b in batches) + " |")
-    print("|---|---|" + "---|---|" * len(batches))
+    print("| generator | decoding steps | backbone passes | " +
+          " | ".join(f"s / image, batch {b} | speed-up" for b in batches) + " |")
+    print("|---|---|---|" + "---|---|" * len(batches))
     base: dict[int, float] = {}
     for name, model in models.items():
         model.eval()
@@ -103,7 +122,15 @@ def per_image_time(args) -> None:
             sec = timed(run, args.repeats) / b
             base.setdefault(b, sec)
             cells.append(f"{sec:.4f} | {base[b] / sec:.2f}×")
-        print(f"| {name} | {steps} | " + " | ".join(cells) + " |")
+        print(f"| {name} | {steps} | {backbone_passes(model)} | " + " | ".join(cells) + " |", flush=True)
+
+
+def backbone_passes(model) -> int:
+    """Backbone passes per image: one per token (next-token), window or entity; xAR's denoising transformer runs
+    once per entity and sampling step."""
+    if isinstance(model, XAR):
+        return len(model.entities) * (model.flow_steps if model.entity_head == "flow" else 1)
+    return model.spec.length // model.window ** 2
 
 
 def load_generator(path: str):
@@ -132,9 +159,9 @@ def quality(args) -> None:
           f"{len(prompts)} held-out prompts × {args.num_per_prompt} samples, CFG {args.cfg_scale}, temperature "
           f"{args.temperature}; judge held-out accuracy {judge_held['both']:.3f} (chance {chance_level():.3f}); "
           f"FID/KID vs {args.fid_real} training images (vistok.metrics.fid, Inception '{args.inception}')\n")
-    print("| generator | steps/image | prompt acc. (shape+color) | shape acc. | color acc. | FID | KID ×10³ | "
-          "s / image |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| generator | steps/image | backbone passes | prompt acc. (shape+color) | shape acc. | color acc. | FID | "
+          "KID ×10³ | s / image |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, path in runs.items():
         gen = load_generator(path)
         # text-conditional models get the held-out captions, class-conditional ones their class labels
@@ -154,8 +181,8 @@ def quality(args) -> None:
         acc = judge_accuracy(judge, images, shapes, colors)
         m = fid(images, real, inception=args.inception, metrics=("fid", "kid"), resolution=res, progress=False)
         steps = len(gen.entities) if isinstance(gen, XAR) else gen.spec.length // gen.window ** 2
-        print(f"| {name} | {steps} | {acc['both']:.3f} | {acc['shape']:.3f} | {acc['color']:.3f} | {m['fid']:.1f} | "
-              f"{1e3 * m['kid']:.1f} | {sec:.3f} |", flush=True)
+        print(f"| {name} | {steps} | {backbone_passes(gen)} | {acc['both']:.3f} | {acc['shape']:.3f} | "
+              f"{acc['color']:.3f} | {m['fid']:.1f} | {1e3 * m['kid']:.1f} | {sec:.3f} |", flush=True)
         if args.grid_dir:
             from vistok.data.imageio import save_grid
 
@@ -171,6 +198,9 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--skip-speed", action="store_true")
+    p.add_argument("--skip-throughput", action="store_true", help="only the per-image table of the speed part")
+    p.add_argument("--flow-steps", type=int, default=50, help="sampling steps per cell of xAR's denoising transformer")
+    p.add_argument("--only", nargs="*", default=[], help="per-image rows whose name contains one of these")
     p.add_argument("--skip-quality", action="store_true")
     p.add_argument("--runs", nargs="*", default=[], help="name=generator folder (or checkpoints/step_N/model)")
     p.add_argument("--tokenizer", default=None, help="tokenizer folder (default: <first run>/tokenizer)")
@@ -186,7 +216,8 @@ def main() -> None:
     p.add_argument("--grid-dir", default=None)
     args = p.parse_args()
     if not args.skip_speed:
-        throughput(args)
+        if not args.skip_throughput:
+            throughput(args)
         per_image_time(args)
     if not args.skip_quality and args.runs:
         quality(args)

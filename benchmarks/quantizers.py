@@ -27,16 +27,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _status_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
 def worker(kind: str, bits: int, groups: int, tokens: int, repeats: int, device: str, threads: int) -> dict:
     """One measurement in this (fresh) process."""
     import torch
+
+    sys.path.insert(0, str(ROOT))
+    from vistok.cli.common import peak_memory_mib
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -49,7 +45,6 @@ def worker(kind: str, bits: int, groups: int, tokens: int, repeats: int, device:
             quantized, _, aux = quantizer(x)
             return quantized, aux
     else:
-        sys.path.insert(0, str(ROOT))
         from vistok.quantizers.lfq import GroupLFQ
 
         quantizer = GroupLFQ(num_groups=groups, group_dim=bits // groups, entropy_weight=0.1, commitment_weight=0.25)
@@ -68,23 +63,7 @@ def worker(kind: str, bits: int, groups: int, tokens: int, repeats: int, device:
 
     forward_backward(x[:, :1].detach().requires_grad_(True))  # warm-up on one token
     x.grad = None
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        forward_backward(x)
-        torch.cuda.synchronize()
-        peak_mib = (torch.cuda.max_memory_allocated() - before) / 2**20
-        method = "cuda max_memory_allocated"
-    else:
-        before = _status_kb("VmRSS")
-        try:
-            Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-            method = "VmHWM after clear_refs"
-        except OSError:
-            method = "ru_maxrss (peak not resettable: upper bound)"
-        forward_backward(x)
-        peak_mib = (_status_kb("VmHWM") - before) / 1024
+    peak_mib, method = peak_memory_mib(lambda: forward_backward(x), device)
     times = []
     for _ in range(repeats):
         x.grad = None

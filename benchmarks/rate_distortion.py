@@ -11,6 +11,10 @@ measured file size is the byte count (headers included: that is what a codec fil
     OUT/prefixes.png          originals and each model's reconstructions from 1, 2, 4, … K tokens
     OUT/adaptive.md           encode_adaptive: mean tokens/bytes an image needs for each --target-psnr
 
+For a model in the latent space of a frozen autoencoder (``vit1d`` with ``autoencoder``, FlexTok's layout) the
+autoencoder's own quality (continuous latents) is reported too, and drawn as a dotted line: the ceiling its tokens
+can approach.
+
 Example (the numbers in docs/tokenizers-1d.md):
 
     python benchmarks/rate_distortion.py --data runs/imagenet_split/heldout \
@@ -21,6 +25,9 @@ Example (the numbers in docs/tokenizers-1d.md):
 ``--overfit-config CONFIG`` additionally trains that tokenizer config three times (tail drop, nested dropout, none)
 on the first ``--overfit-images`` images for ``--overfit-steps`` steps and reports PSNR per prefix length on them
 (OUT/overfit_evidence.md): the regularizers' effect on the order of information, apart from generalization.
+
+``--include OUT/rate_distortion.json`` merges the curves of an earlier run on the same images (models trained at
+different times measured once each); the included models are loaded again only for the prefix grid.
 
 ``--make-split DIR`` first writes a train/held-out split of ``--data`` as symlinks (every 6th class folder held out;
 nothing is copied) under DIR/train and DIR/heldout, so the tokenizers can be trained on one part and measured on
@@ -90,6 +97,16 @@ def tokenizer_curve(model: Any, images: torch.Tensor, batch_size: int, rfid_ks: 
         if rfid_ks and k in rfid_ks:
             rows[-1].update(reconstruction_fid(images, rec, inception, cache_dir))
     return rows
+
+
+@torch.no_grad()
+def autoencoder_ceiling(ae: Any, images: torch.Tensor, batch_size: int) -> dict[str, float]:
+    """PSNR/SSIM of a latent-space model's frozen autoencoder on its own (continuous latents, posterior mean): the
+    quality its 1D tokens can at best approach."""
+    rec = torch.cat([ae.decode_latents(ae.encode_latents(images[i:i + batch_size])).clamp(-1, 1)
+                     for i in range(0, len(images), batch_size)])
+    p, s = quality(images, rec)
+    return {"psnr": float(p.mean()), "ssim": float(s.mean())}
 
 
 def codec_curve(images: torch.Tensor, fmt: str, qualities: tuple[int, ...], inception: Any = None,
@@ -165,6 +182,14 @@ def plot(results: dict[str, Any], path: Path) -> None:
             pts = [(r["bytes"], r[key]) for r in rows if key in r]
             if pts:
                 ax.plot(*zip(*pts), style, ms=ms, label=label)
+        lines: dict[float, list[str]] = {}  # models sharing one autoencoder share one line
+        for label, ceiling in results.get("ceilings", {}).items():
+            if key in ceiling:
+                lines.setdefault(round(ceiling[key], 6), []).append(label)
+        for value, labels in lines.items():
+            ax.axhline(value, ls=":", color="gray", lw=1)
+            ax.annotate(f"the frozen autoencoder alone ({'; '.join(labels)})", (0.01, value),
+                        xycoords=("axes fraction", "data"), fontsize=7, color="gray", va="bottom")
         ax.set_xscale("log")
         ax.set_xlabel("bytes per image (log scale)")
         ax.set_ylabel(names[key])
@@ -277,6 +302,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --rfid-ks: the codec qualities to compute rFID at (default: every one)")
     parser.add_argument("--inception", default="auto", help="auto | download | packaged | <path> (docs/evaluation.md)")
     parser.add_argument("--out", default="runs/rate_distortion")
+    parser.add_argument("--include", action="append", default=[], metavar="JSON",
+                        help="merge the curves of an earlier run (its rate_distortion.json, same --data, resolution "
+                             "and images) into this table and plot; its models join the prefix grid")
     parser.add_argument("--make-split", metavar="DIR", help="write a train/held-out symlink split of --data and exit")
     parser.add_argument("--overfit-config", help="also run the memorization-regime evidence with this tokenizer config")
     parser.add_argument("--overfit-images", type=int, default=16)
@@ -301,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"data": args.data, "resolution": args.resolution, "num_images": len(images),
-                               "tokenizers": {}, "codecs": {}}
+                               "tokenizers": {}, "codecs": {},
+                               "models": {spec.split("=", 1)[0]: spec.split("=", 1)[1] for spec in args.model}}
     inception = None
     if args.rfid_ks:
         from vistok.metrics.inception import resolve_inception
@@ -311,19 +340,38 @@ def main(argv: list[str] | None = None) -> int:
     for label, model in models.items():
         results["tokenizers"][label] = tokenizer_curve(model, images, args.batch_size, set(args.rfid_ks), inception,
                                                        out / "fid_cache")
+        if getattr(model, "autoencoder", None) is not None:
+            results.setdefault("ceilings", {})[label] = autoencoder_ceiling(model.autoencoder, images, args.batch_size)
+    grid_models = dict(models)
+    for path in args.include:
+        earlier = json.loads(Path(path).read_text())
+        same = {k: earlier.get(k) == results[k] for k in ("data", "resolution", "num_images")}
+        if not all(same.values()):
+            parser.error(f"--include {path}: measured on other images ({', '.join(k for k, v in same.items() if not v)}"
+                         " differ); rerun it with this --data/--resolution/--num-images")
+        clash = set(earlier["tokenizers"]) & set(results["tokenizers"])
+        if clash:
+            parser.error(f"--include {path}: labels {sorted(clash)} are already measured in this run")
+        results["tokenizers"].update(earlier["tokenizers"])
+        results.setdefault("ceilings", {}).update(earlier.get("ceilings", {}))
+        for label, run_dir in earlier.get("models", {}).items():
+            results["models"][label] = run_dir
+            grid_models[label] = vistok.load(run_dir, kind="tokenizer").eval()
     rfid_qualities = set(args.rfid_codec_qualities) if args.rfid_codec_qualities is not None else None
     for name, fmt, qualities in (("JPEG", "JPEG", JPEG_QUALITIES), ("WebP", "WEBP", WEBP_QUALITIES)):
         results["codecs"][name] = codec_curve(images, fmt, qualities, inception, out / "fid_cache", rfid_qualities)
     summary = [line for label, rows in results["tokenizers"].items()
                for line in compare(label, rows, results["codecs"])]
+    summary += [f"{label}: its frozen autoencoder alone (continuous latents) reaches {c['psnr']:.2f} dB PSNR, "
+                f"SSIM {c['ssim']:.3f}" for label, c in results.get("ceilings", {}).items()]
     results["summary"] = summary
     (out / "rate_distortion.json").write_text(json.dumps(results, indent=1))
     text = table(results) + "\n\n" + "\n".join(summary) + "\n"
     (out / "rate_distortion.md").write_text(text)
     print(text)
     plot(results, out / "rate_distortion.png")
-    if models:
-        prefix_grid(models, images, out / "prefixes.png")
+    if grid_models:
+        prefix_grid(grid_models, images, out / "prefixes.png")
         if args.target_psnr:
             adapt = adaptive(models, images, args.target_psnr, args.batch_size)
             (out / "adaptive.md").write_text(adapt + "\n")

@@ -55,38 +55,19 @@ def build(cfg: dict, device: str):
     return vistok.build("tokenizer", cfg).to(device).eval()
 
 
-def _status_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
 def memory_worker(cfg: dict, batch: int, device: str, threads: int) -> dict:
     """Peak extra memory of one encode + decode of ``batch`` images, in this (fresh) process."""
     import torch
+
+    from vistok.cli.common import peak_memory_mib
 
     torch.set_num_threads(threads)
     tok = build(cfg, device)
     x = torch.rand(batch, 3, tok.resolution, tok.resolution, device=device) * 2 - 1
     with torch.inference_mode():
         tok.decode(tok.encode(x[:1]))  # warm-up: kernels, thread pools
-        if device == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            before = torch.cuda.memory_allocated()
-            tok.decode(tok.encode(x))
-            torch.cuda.synchronize()
-            return {"peak_mib": (torch.cuda.max_memory_allocated() - before) / 2**20,
-                    "method": "cuda max_memory_allocated"}
-        before = _status_kb("VmRSS")
-        try:
-            Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-            method = "VmHWM after clear_refs"
-        except OSError:
-            method = "ru_maxrss (peak not resettable: upper bound)"
-        tok.decode(tok.encode(x))
-        return {"peak_mib": (_status_kb("VmHWM") - before) / 1024, "method": method}
+        peak_mib, method = peak_memory_mib(lambda: tok.decode(tok.encode(x)), device)
+    return {"peak_mib": peak_mib, "method": method}
 
 
 def measure_memory(name: str, cfg: dict, args: argparse.Namespace) -> dict:

@@ -88,3 +88,54 @@ def test_rfid_columns_at_chosen_prefix_lengths_and_for_codecs(tmp_path):
     codec = rd.codec_curve(images, "JPEG", (5, 95), inception=choice)
     assert all("rfid" in r for r in codec) and codec[0]["rfid"] >= codec[1]["rfid"] - 1e-6  # q5 no better than q95
     assert "rFID" in rd.table({"tokenizers": {"t": rows}, "codecs": {"JPEG": codec}})
+
+
+def test_tokenizer_curve_of_a_latent_space_model_decodes_through_its_autoencoder():
+    """A vit1d over a frozen autoencoder's latents (FlexTok's layout) goes through the same curve: every prefix
+    length decodes to pixels, bytes count only the 1D tokens (the autoencoder is part of the decoder)."""
+    torch.manual_seed(0)
+    ae = {"name": "kl_ae", "resolution": 16, "channels": 8, "channel_mult": [1, 2, 2], "num_res_blocks": 1,
+          "z_channels": 8, "mid_attention": False, "latent_dim": 4}
+    tok = vistok.build("tokenizer", {"name": "vit1d", "resolution": 16, "patch_size": 2, "num_tokens": 4,
+                                     "encoder_size": "micro", "decoder_size": "micro", "autoencoder": ae,
+                                     "causal_registers": True, "quantizer": {"name": "fsq", "levels": [8, 5]},
+                                     "prefix": {"name": "nested_dropout"}}).eval()
+    x = smooth_images(3)
+    rows = rd.tokenizer_curve(tok, x, batch_size=2)
+    assert [r["k"] for r in rows] == [1, 2, 3, 4]
+    assert rows[0]["bytes"] == pytest.approx(math.log2(40) / 8)
+    p, _ = rd.quality(x, tok.decode(tok.encode(x, num_tokens=2)))
+    assert rows[1]["psnr"] == pytest.approx(float(p.mean()))
+    # the ceiling line: the frozen autoencoder alone, on continuous latents
+    ceiling = rd.autoencoder_ceiling(tok.autoencoder, x, batch_size=2)
+    p, s = rd.quality(x, tok.autoencoder.reconstruct_continuous(x))
+    assert ceiling == pytest.approx({"psnr": float(p.mean()), "ssim": float(s.mean())})
+
+
+def test_include_merges_an_earlier_run_on_the_same_images(tmp_path):
+    import json
+
+    folder = tmp_path / "images" / "n0"
+    folder.mkdir(parents=True)
+    for i, img in enumerate(tensor_to_uint8(smooth_images(3, size=16)).numpy()):
+        Image.fromarray(img).save(folder / f"{i}.png")
+    for name, seed in (("a", 0), ("b", 1)):
+        torch.manual_seed(seed)
+        vistok.build("tokenizer", {"name": "vit1d", "resolution": 16, "patch_size": 4, "num_tokens": 2,
+                                   "encoder_size": "micro", "decoder_size": "micro",
+                                   "quantizer": {"name": "fsq", "levels": [8, 5]}}).save_pretrained(tmp_path / name)
+    common = ["--data", str(tmp_path / "images"), "--resolution", "16", "--target-psnr"]
+    earlier = str(tmp_path / "ra" / "rate_distortion.json")
+    assert rd.main([*common, "--model", f"A={tmp_path / 'a'}", "--out", str(tmp_path / "ra")]) == 0
+    out_b = str(tmp_path / "rb")
+    assert rd.main([*common, "--model", f"B={tmp_path / 'b'}", "--include", earlier, "--out", out_b]) == 0
+    first = json.loads((tmp_path / "ra" / "rate_distortion.json").read_text())
+    merged = json.loads((tmp_path / "rb" / "rate_distortion.json").read_text())
+    assert set(merged["tokenizers"]) == {"A", "B"} and merged["tokenizers"]["A"] == first["tokenizers"]["A"]
+    assert merged["models"] == {"A": str(tmp_path / "a"), "B": str(tmp_path / "b")}
+    assert (tmp_path / "rb" / "prefixes.png").is_file()
+    # another image set is refused, and a label measured twice too
+    with pytest.raises(SystemExit):
+        rd.main([*common, "--num-images", "2", "--include", earlier, "--out", str(tmp_path / "rc")])
+    with pytest.raises(SystemExit):
+        rd.main([*common, "--model", f"A={tmp_path / 'b'}", "--include", earlier, "--out", str(tmp_path / "rd")])

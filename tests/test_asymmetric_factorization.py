@@ -129,16 +129,16 @@ def test_per_subtoken_temperature_top_k_top_p(model):
     assert (samples[..., 1] != samples[:1, ..., 1]).any()  # sub-token 1 still sampled at temperature 1
     top1 = model.generate(LABELS, cfg_scale=2.0, top_k=[1, 0], generator=seed(5))
     assert torch.equal(top1[..., 0], model.step_logits(LABELS, top1, cfg_scale=2.0)[:, :, 0, :8].argmax(-1))
-    with pytest.raises(ValueError, match="temperature has 3 values for 2 sub-tokens"):
+    with pytest.raises(ConfigError, match="temperature has 3 values for 2 sub-tokens"):
         model.generate(LABELS, temperature=[1.0, 1.0, 1.0])
 
 
 def test_lists_are_refused_for_single_vocabulary_tokens():
     gpt = GPT({"kind": "vocab", "vocab_sizes": [16], "layout": "grid", "length": 4, "grid": [2, 2]}, num_classes=3,
               dim=32, depth=1, heads=2).eval()
-    with pytest.raises(ValueError, match="cfg_scale=.*subvocab tokens; this model's tokens are 'vocab'"):
+    with pytest.raises(ConfigError, match="cfg_scale=.*subvocab tokens; this model's tokens are 'vocab'"):
         gpt.generate(LABELS, cfg_scale=[2.0, 1.5])
-    with pytest.raises(ValueError, match="temperature"):
+    with pytest.raises(ConfigError, match="temperature"):
         gpt.generate(LABELS, temperature=[1.0])
 
 

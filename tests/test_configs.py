@@ -1,7 +1,8 @@
 """Every YAML under configs/ runs: it loads, and with tiny overrides (one step, batch 2, a few built-in shapes at the
 config's resolution, no evaluation) its model is built, trains one step and saves a loadable folder. Generator
 configs train on a tokenizer produced by the tokenizer config whose ``run_dir`` their ``tokenizer:`` names, so every
-generator config has a tokenizer config in the repo.
+generator config has a tokenizer config in the repo. Likewise a tokenizer that works in the latent space of a frozen
+autoencoder (``model.autoencoder: <run_dir>``) trains on the one-step autoencoder its config in the repo writes.
 
 Paper-size configs (above 64×64) take a minute each for that step on a CPU, so CI builds their models on the meta
 device (every option checked, no memory) and leaves the training step to ``-m slow``."""
@@ -96,6 +97,21 @@ def test_every_generator_config_names_a_tokenizer_config_in_the_repo():
                 f"(tokenizer run_dirs: {sorted(produced)})")
 
 
+def _autoencoder(path: Path) -> str | None:
+    """The run folder of the frozen autoencoder a tokenizer config reads (vit1d's ``model.autoencoder``), if any."""
+    ae = (_raw(path).get("model") or {}).get("autoencoder")
+    return ae if isinstance(ae, str) else None
+
+
+def test_every_autoencoder_folder_is_written_by_a_tokenizer_config_in_the_repo():
+    produced = _tokenizer_configs()
+    for path in CONFIGS:
+        ae = _autoencoder(path)
+        if ae is not None:
+            assert ae in produced, f"{path.relative_to(ROOT)}: autoencoder {ae!r} is written by no tokenizer config"
+            assert _resolution(produced[ae]) == _resolution(path), f"{path.name}: autoencoder at another resolution"
+
+
 def _strings(node):
     if isinstance(node, dict):
         for v in node.values():
@@ -125,6 +141,10 @@ def test_paper_size_config_builds_its_model(path):
     with torch.device("meta"):
         if raw.get("stage", "tokenizer") == "tokenizer":
             model_cfg.setdefault("resolution", _resolution(path))
+            if _autoencoder(path) is not None:  # the frozen autoencoder's architecture, from the config writing it
+                ae_path = _tokenizer_configs()[_autoencoder(path)]
+                model_cfg["autoencoder"] = {"resolution": _resolution(ae_path),
+                                            **OmegaConf.to_container(load_config(ae_path).model)}
             model = vistok.build("tokenizer", model_cfg)
         else:
             tok_path = _tokenizer_configs()[raw["tokenizer"]]
@@ -145,6 +165,8 @@ def test_config_trains_one_step_and_saves(path, tmp_path, trained_tokenizers):
     stage = _raw(path).get("stage", "tokenizer")
     tokenizer = trained_tokenizers(_raw(path)["tokenizer"]) if stage in ("generator", "mllm") else None
     cfg = _tiny(path, tmp_path / "run", tmp_path / "cache", tokenizer)
+    if _autoencoder(path) is not None:  # the one-step autoencoder its config writes
+        cfg.model.autoencoder = trained_tokenizers(_autoencoder(path))
     run_training(cfg, progress=False)
     model = vistok.load(tmp_path / "run")
     assert model.registry_kind == stage

@@ -1,6 +1,7 @@
 """Multi-process training with torchrun (2 gloo ranks on CPU): 2 ranks × B images per step give the weights of
 1 rank × 2B (GAN with adaptive weight and LeCAM, LPIPS, VQ with its codebook-entropy term, EMA), the 2-rank run
-resumes from a checkpoint to the same weights, and its checkpoint resumes on 1 process with the global batch kept."""
+resumes from a checkpoint to the same weights, and its checkpoint resumes on 1 process with the global batch kept;
+the same with the model sharded (FSDP)."""
 
 import json
 import os
@@ -108,3 +109,41 @@ def _copy_up_to_step_2(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("step_0000003", "non_ema"))
     (dst / "model.safetensors").unlink()
     (dst / "checkpoints" / "latest").write_text("step_0000002\n")
+
+
+FSDP_ARGS = [*ARGS, "loss.gan.adaptive_weight=false"]  # needs the whole last layer (a config error under fsdp)
+
+
+def test_fsdp_two_ranks_match_one_rank_and_checkpoints_are_full(tmp_path):
+    """train.parallel=fsdp: weights, gradients and AdamW moments sharded over 2 ranks make the same update as one
+    process with the whole batch; its checkpoints hold full tensors and an optimizer state keyed by names."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    run_training(load_config(None, [*FSDP_ARGS, f"run_dir={one}"]), progress=False)
+    _torchrun(2, *FSDP_ARGS, "train.parallel=fsdp", f"run_dir={two}")
+    _close(one, two, step=2)
+    state = torch.load(two / "checkpoints" / "step_0000003" / "state.pt", weights_only=True)
+    assert state["parallel"] == "fsdp" and "encoder.conv_in.weight" in state["optimizer"]["state"]  # by name
+    assert state["optimizer"]["state"]["encoder.conv_in.weight"]["exp_avg"].shape == (8, 3, 3, 3)  # full, not a shard
+    for a, b in list(zip(_records(one), _records(two), strict=True))[:2]:  # rank 0 logs the global step's loss
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
+    assert (two / "model.safetensors").is_file() and (two / "non_ema" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_fsdp_resumes_exactly_on_two_ranks_and_on_one_process(tmp_path):
+    two = tmp_path / "two"
+    _torchrun(2, *FSDP_ARGS, "train.parallel=fsdp", f"run_dir={two}")
+    resumed = tmp_path / "resumed"
+    _copy_up_to_step_2(two, resumed)
+    proc = _torchrun(2, *FSDP_ARGS, "train.parallel=fsdp", f"run_dir={resumed}", "--resume")
+    assert "at step 2" in proc.stdout
+    _close(two, resumed, step=3, exact=True)
+    single = tmp_path / "single"  # the sharded run's checkpoint on one process (name-keyed optimizer state)
+    _copy_up_to_step_2(two, single)
+    run_training(load_config(None, [*FSDP_ARGS, f"run_dir={single}"]), resume=True, progress=False)
+    _close(two, single, step=3)
+    one, sharded = tmp_path / "one", tmp_path / "sharded"  # a 1-process checkpoint (optimizer keyed by number)
+    run_training(load_config(None, [*FSDP_ARGS, f"run_dir={one}"]), progress=False)  # resumes sharded on 2 ranks
+    _copy_up_to_step_2(one, sharded)
+    _torchrun(2, *FSDP_ARGS, "train.parallel=fsdp", f"run_dir={sharded}", "--resume")
+    _close(one, sharded, step=3)

@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+from vistok.errors import ConfigError
 from vistok.generators import GPT
 from vistok.generators.shuffle import from_windows, to_windows
 from vistok.spec import TokenSpec
@@ -38,11 +39,11 @@ def test_shuffle_then_unshuffle_is_the_identity(window, grid):
 
 
 def test_grids_the_window_does_not_tile_get_a_clear_error():
-    with pytest.raises(ValueError, match=r"window=2 does not tile the 5×5 token grid"):
+    with pytest.raises(ConfigError, match=r"window=2 does not tile the 5×5 token grid"):
         GPT(TokenSpec.vocab(16, grid=(5, 5)).to_dict(), num_classes=2, dim=32, depth=1, heads=2, window=2)
-    with pytest.raises(ValueError, match=r"window=4 does not tile the 4×6"):
+    with pytest.raises(ConfigError, match=r"window=4 does not tile the 4×6"):
         to_windows(torch.zeros(1, 24), (4, 6), 4)
-    with pytest.raises(ValueError, match="1D sequence"):
+    with pytest.raises(ConfigError, match="1D sequence"):
         GPT(TokenSpec.vocab(16, length=16).to_dict(), num_classes=2, dim=32, depth=1, heads=2, window=2)
 
 

@@ -9,8 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from vistok.data.shapes import BACKGROUNDS, COLORS, ShapesDataset
+from vistok.errors import ConfigError
 from vistok.generators import GPT
-from vistok.generators.text import HashTextEncoder, TextConditioning, text_encoder
+from vistok.generators.text import HashTextEncoder, TextConditioning, text_encoder, text_encoder_config
+from vistok.registry import list_names
 from vistok.spec import TokenSpec
 
 PROMPTS = ["a red circle on a white background", "a blue star on a beige background"]
@@ -25,6 +27,21 @@ def test_hash_encoder_is_deterministic_normalized_and_order_aware():
     torch.testing.assert_close(a[0], a[2])  # case and punctuation do not matter
     assert (a[0] - a[1]).norm() > 0.1  # same words, other order: bigrams tell them apart
     torch.testing.assert_close(HashTextEncoder(64).encode(["x y"]), HashTextEncoder(64).encode(["x y"]))
+
+
+def test_text_encoders_are_built_through_the_registry():
+    import vistok
+
+    assert {"hash", "minilm", "sentence_transformers"} <= set(list_names("text_encoder"))
+    built = vistok.build("text_encoder", {"name": "hash", "dim": 16})
+    assert isinstance(built, HashTextEncoder) and built.dim == 16
+    # the short string and the config section name the same (cached) encoder
+    assert text_encoder("hash:16") is text_encoder({"name": "hash", "dim": 16})
+    assert text_encoder_config("org/some-model") == {"name": "sentence_transformers", "model": "org/some-model"}
+    cond = TextConditioning(8, text_encoder={"name": "hash", "dim": 16}, num_prefix=2)
+    assert cond(PROMPTS).shape == (2, 2, 8)
+    with pytest.raises(ConfigError, match="text_encoder"):
+        text_encoder({"name": "nope"})
 
 
 def test_bundled_minilm_loads_offline_and_embeds_by_meaning(monkeypatch):

@@ -126,9 +126,9 @@ def test_seeds_temperature_and_top_k():
 def test_num_tokens_only_for_prefix_ok_specs():
     assert tiny(SEQ).generate(LABELS, num_tokens=4, generator=seeded(0)).shape == (5, 4)
     assert torch.isfinite(tiny(SEQ)(torch.randint(0, 32, (5, 4)), LABELS).loss)  # prefixes train too
-    with pytest.raises(ValueError, match="prefix_ok"):
+    with pytest.raises(ConfigError, match="prefix_ok"):
         tiny(GRID).generate(LABELS, num_tokens=4)
-    with pytest.raises(ValueError, match="1..10"):
+    with pytest.raises(ConfigError, match="1..10"):
         tiny(SEQ).generate(LABELS, num_tokens=11)
 
 

@@ -69,3 +69,14 @@ def test_leaderboard_trains_measures_publishes_and_resumes(tmp_path, capsys):
     capsys.readouterr()
     assert lb.main(args) == 0  # resumed: both rows are read back, nothing is trained again
     assert capsys.readouterr().out.count("done earlier, skipped") == 2
+
+    # a row that cannot run (the FlexTok row reads the kl_ae row's autoencoder, not trained here) is listed as
+    # failed with the reason, and the others are still published
+    rows = args.index("--rows")
+    with_flextok = [*args[:rows + 3], "vit1d_fsq_nested_dropout_32", *args[rows + 3:]]
+    assert lb.main(with_flextok) == 0
+    results = json.loads((tmp_path / "out" / "leaderboard.json").read_text())
+    assert set(results["rows"]) == {"vq_f8", "vit1d_fsq_tail_drop_32"}
+    assert "run its row first (--rows kl_ae_f8_ptq vit1d_fsq_nested_dropout_32)" in \
+        results["failed"]["vit1d_fsq_nested_dropout_32"]
+    assert "Not measured: `vit1d_fsq_nested_dropout_32` failed" in (tmp_path / "docs" / "leaderboard.md").read_text()

@@ -24,12 +24,12 @@ def test_sum_pooling_is_bsq():
     torch.manual_seed(0)
     z = torch.randn(300, 12) * 0.4
     for tau in (0.5, 0.05):
-        q = GroupLFQ(num_groups=3, group_dim=4, temperature=tau, codebook_entropy="sum")
+        q = GroupLFQ(num_groups=3, group_dim=4, entropy_temperature=tau, codebook_entropy="sum")
         sample, codebook = q.entropy_terms(z)
         bsq_sample, bsq_codebook = _bsq_soft_entropy(z, 4, 1 / tau)
         torch.testing.assert_close(sample.double(), bsq_sample, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(codebook.double(), bsq_codebook, rtol=1e-4, atol=1e-5)
     # the training loss is then w_e·(w_s·H_sample − w_c·H_codebook) of those BSQ terms (here at the last τ)
-    out = GroupLFQ(num_groups=3, group_dim=4, temperature=0.05, codebook_entropy="sum").train()(z[None])
+    out = GroupLFQ(num_groups=3, group_dim=4, entropy_temperature=0.05, codebook_entropy="sum").train()(z[None])
     torch.testing.assert_close(out.losses["entropy"].double(), 0.1 * (bsq_sample - bsq_codebook), rtol=1e-4,
                                atol=1e-5)

@@ -21,7 +21,7 @@ CONV = {"resolution": 8, "channels": 8, "channel_mult": [1, 2], "num_res_blocks"
 TOKENIZERS = {  # kind / layout -> a tiny random tokenizer config
     "vocab": {"name": "conv2d", **CONV, "quantizer": {"name": "vq", "codebook_size": 32, "code_dim": 4}},
     "subvocab": {"name": "conv2d", **CONV, "quantizer": {"name": "lfq", "num_groups": 2, "group_dim": 2}},
-    "bits": {"name": "conv2d", **CONV, "quantizer": {"name": "binary", "num_bits": 5, "embed_dim": 5}},
+    "bits": {"name": "conv2d", **CONV, "quantizer": {"name": "binary", "num_bits": 5, "code_dim": 5}},
     "bins": {"name": "kl_ae", **CONV, "latent_dim": 3, "quantizer": {"name": "dimwise", "num_bins": 8}},
     "seq_prefix": {"name": "vit1d", "resolution": 16, "patch_size": 4, "num_tokens": 6,
                    "encoder_size": {"width": 32, "depth": 1, "heads": 2},

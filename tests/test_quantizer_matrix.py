@@ -1,20 +1,20 @@
 """Every registered quantizer inside every tokenizer that can hold it: builds, trains one step (the pixel loss reaches
 the encoder), encodes to the tokens its TokenSpec promises and decodes them; tokenizers tied to one quantizer refuse
-the others with a clear error. Binary latents with num_bits != embed_dim are the case a conv2d once crashed on."""
+the others with a clear error. Binary latents with num_bits != code_dim are the case a conv2d once crashed on."""
 
 import pytest
 import torch
 
 import vistok
 from vistok.errors import ConfigError
-from vistok.registry import list_names
+from vistok.registry import build, list_names
 
 QUANTIZERS = {
     "vq": {"name": "vq", "codebook_size": 16, "code_dim": 4},
     "lfq": {"name": "lfq", "num_groups": 2, "group_dim": 3},
     "fsq": {"name": "fsq", "levels": [5, 4, 3]},
-    "binary": {"name": "binary", "num_bits": 16, "embed_dim": 8},  # input width (bits) != code width (embedding)
-    "dimwise": {"name": "dimwise", "dim": 4, "num_bins": 8},
+    "binary": {"name": "binary", "num_bits": 16, "code_dim": 8},  # input width (bits) != code width (embedding)
+    "dimwise": {"name": "dimwise", "code_dim": 4, "num_bins": 8},
     "dual": {"name": "dual", "codebook_size": 16, "semantic_dim": 4, "pixel_dim": 2},
 }
 CONV = {"resolution": 16, "channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1, "z_channels": 8,
@@ -64,3 +64,21 @@ def test_every_quantizer_in_every_tokenizer(tokenizer, quantizer):
     spec.validate(tokens)
     images = tok.decode(tokens)
     assert images.shape == x.shape and images.abs().max() <= 1
+
+
+@pytest.mark.parametrize(("name", "old", "new"), [("binary", "embed_dim", "code_dim"),
+                                                  ("binary", "temperature", "sample_temperature"),
+                                                  ("lfq", "temperature", "entropy_temperature"),
+                                                  ("dimwise", "dim", "code_dim")])
+def test_renamed_options_name_their_new_name(name, old, new):
+    with pytest.raises(ConfigError, match=f"'{old}' is now '{new}'"):
+        build("quantizer", {"name": name, old: 8})
+
+
+@pytest.mark.parametrize(("name", "options", "match"), [("fsq", {"levels": [8, 1]}, "levels"),
+                                                        ("lfq", {"codebook_entropy": "max"}, "codebook_entropy"),
+                                                        ("binary", {"num_bits": 0}, "num_bits"),
+                                                        ("dimwise", {"num_bins": 1}, "num_bins")])
+def test_bad_quantizer_options_raise_config_errors(name, options, match):
+    with pytest.raises(ConfigError, match=match):
+        build("quantizer", {"name": name, **options})

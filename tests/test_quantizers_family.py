@@ -15,11 +15,13 @@ import torch.nn.functional as F
 
 import vistok
 from vistok.errors import ConfigError
+from vistok.metrics.codebook import CodebookUsage
 from vistok.quantizers.dimwise import DimwiseQuantizer, bin_edges_and_levels
 from vistok.quantizers.dual import DualCodebookQuantizer
 from vistok.quantizers.lfq import GroupLFQ, group_codes, group_entropy_terms
 from vistok.quantizers.vq import VectorQuantizer
 from vistok.registry import list_names
+from vistok.spec import TokenSpec
 from vistok.tokenizers.continuous import KLAutoencoder, post_training_quantize
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -191,7 +193,7 @@ def test_lfq_in_1d_tokenizer_by_config(tmp_path):
 # ---- one interface: every registered quantizer ------------------------------------------------------------------
 
 SMALL_CONFIGS = {"vq": {"codebook_size": 32, "code_dim": 4}, "lfq": {"num_groups": 2, "group_dim": 3},
-                 "dimwise": {"dim": 4, "num_bins": 8}, "dual": {"codebook_size": 32, "semantic_dim": 6,
+                 "dimwise": {"code_dim": 4, "num_bins": 8}, "dual": {"codebook_size": 32, "semantic_dim": 6,
                                                                  "pixel_dim": 3}}
 
 
@@ -210,7 +212,18 @@ def test_every_quantizer_round_trips_indices_and_codes(name):
     torch.testing.assert_close(codes, out.quantized, atol=1e-5, rtol=1e-5)
     if q.codes_are_fixed_points:
         assert torch.equal(q(codes).indices, out.indices)
-    assert "usage" in out.stats
+    # one stats helper: batch usage and perplexity of the indices, one histogram per channel, averaged
+    ref = CodebookUsage(TokenSpec.subvocab(list(q.codebook_sizes), length=9))
+    ref.update(out.indices.reshape(2, 9, -1))
+    assert out.stats["usage"].item() == pytest.approx(ref.result()["codebook_usage"], rel=1e-5)
+    assert out.stats["perplexity"].item() == pytest.approx(ref.result()["codebook_perplexity"], rel=1e-4)
+    # the base's policy: codebook_size counts a position's distinct codes; codes_to_indices inverts the codes
+    # where a fixed rule maps them to indices, and says so where none does
+    assert q.codebook_size == math.prod(q.codebook_sizes)
+    try:
+        assert torch.equal(q.codes_to_indices(codes), out.indices)
+    except NotImplementedError as e:
+        assert name in str(e) and "forward" in str(e)
     # state round trip through the registry: a fresh build + load_state_dict reproduces the indices
     again = vistok.build("quantizer", cfg)
     again.load_state_dict(q.state_dict())
@@ -234,7 +247,7 @@ def test_dimwise_bins_match_closed_forms():
 def _fitted(dim=3, bins=16, **kw):
     torch.manual_seed(0)
     latents = torch.randn(2000, dim) * torch.tensor([0.5, 2.0, 1.0])[:dim] + torch.tensor([1.0, -3.0, 0.0])[:dim]
-    q = DimwiseQuantizer(dim=dim, num_bins=bins, **kw)
+    q = DimwiseQuantizer(code_dim=dim, num_bins=bins, **kw)
     q.fit(latents)
     torch.testing.assert_close(q.center, latents.mean(0))
     torch.testing.assert_close(q.scale, latents.std(0))
@@ -281,7 +294,7 @@ def test_dimwise_error_falls_as_bins_grow():
     latents = torch.randn(4000, 4) * 1.5 + 0.5
     mses = []
     for bins in (4, 8, 16, 32, 64):
-        q = DimwiseQuantizer(dim=4, num_bins=bins)
+        q = DimwiseQuantizer(code_dim=4, num_bins=bins)
         q.fit(latents)
         mses.append(F.mse_loss(q(latents).quantized, latents).item())
     assert all(b < a for a, b in zip(mses, mses[1:])), mses

@@ -16,7 +16,7 @@ K = 6  # latent tokens of the test models
 QUANTIZERS = {
     "vq": {"name": "vq", "codebook_size": 32, "code_dim": 4},
     "fsq": {"name": "fsq", "levels": [4, 3, 5]},
-    "binary": {"name": "binary", "num_bits": 5, "embed_dim": 8},
+    "binary": {"name": "binary", "num_bits": 5, "code_dim": 8},
 }
 PREFIXES = {
     "tail_drop": {"name": "tail_drop"},
@@ -241,7 +241,7 @@ def test_fsq_even_levels_use_every_value():
 # ---- binary latents -----------------------------------------------------------------------------------------------
 def test_binary_codes_are_bits_and_eval_thresholds_at_half():
     torch.manual_seed(0)
-    q = BinaryQuantizer(num_bits=7, embed_dim=5).eval()
+    q = BinaryQuantizer(num_bits=7, code_dim=5).eval()
     z = torch.randn(3, 4, 7)
     out = q(z)
     assert out.indices.dtype == torch.int64 and set(out.indices.unique().tolist()) <= {0, 1}
@@ -256,7 +256,7 @@ def test_binary_codes_are_bits_and_eval_thresholds_at_half():
 
 def test_binary_training_samples_tempered_bernoulli():
     torch.manual_seed(0)
-    q = BinaryQuantizer(num_bits=4, embed_dim=2, temperature=0.5, aux_weight=0.3).train()
+    q = BinaryQuantizer(num_bits=4, code_dim=2, sample_temperature=0.5, aux_weight=0.3).train()
     logits = torch.tensor([-1.0, -0.2, 0.3, 1.5])
     z = logits.expand(20_000, 1, 4).clone()
     out = q(z)
@@ -268,7 +268,7 @@ def test_binary_training_samples_tempered_bernoulli():
 
 def test_binary_straight_through_uses_the_untempered_sigmoid():
     torch.manual_seed(0)
-    q = BinaryQuantizer(num_bits=3, embed_dim=2, temperature=0.1, aux_weight=0.0).train()
+    q = BinaryQuantizer(num_bits=3, code_dim=2, sample_temperature=0.1, aux_weight=0.0).train()
     z = torch.randn(2, 5, 3, requires_grad=True)
     q(z).quantized.sum().backward()
     p = torch.sigmoid(z.detach())
@@ -330,6 +330,153 @@ def test_encode_adaptive_matches_brute_force_on_a_real_model():
         tok.encode_adaptive(x)
 
 
+# ---- FlexTok's causal registers ---------------------------------------------------------------------------------
+def test_causal_register_mask_is_flextoks_causal_last():
+    from vistok.tokenizers.vit1d import causal_register_mask
+
+    m = causal_register_mask(3, 4)
+    for q, kv in itertools.product(range(7), range(7)):
+        # FlexTok's prefix-LM rule: causal (kv <= q) or the key is in the prefix
+        assert bool(m[q, kv]) == (kv <= q or kv < 3), (q, kv)
+    assert not m[:3, 3:].any()  # the patches never read a register
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_causal_registers_earlier_outputs_ignore_later_registers(causal):
+    torch.manual_seed(0)
+    tok = micro("fsq", "nested_dropout", causal_registers=causal).eval()
+    enc = tok.encoder
+    x = images(2)
+    with torch.no_grad():
+        before = enc(x)
+        j = 3
+        enc.latent_tokens[:, j] += torch.randn_like(enc.latent_tokens[:, j])  # change register j's input
+        after = enc(x)
+    assert not torch.allclose(after[:, j], before[:, j])  # register j itself sees its new input
+    if causal:
+        torch.testing.assert_close(after[:, :j], before[:, :j], rtol=0, atol=0)
+    else:  # the control: with full attention every register reads register j
+        assert not torch.allclose(after[:, :j], before[:, :j])
+
+
+def test_causal_registers_prefix_tokens_are_those_of_a_shorter_encoder():
+    """With causal registers, the first k tokens of a K-token encoder equal those of the same encoder cut to k
+    registers: the prefix is computed without the tail."""
+    torch.manual_seed(0)
+    tok = micro("fsq", "nested_dropout", causal_registers=True).eval()
+    enc, x = tok.encoder, images(2)
+    with torch.no_grad():
+        full = enc(x)
+        k = 2
+        enc.latent_tokens.data, enc.latent_pos_embed.data = enc.latent_tokens[:, :k], enc.latent_pos_embed[:, :k]
+        enc.num_tokens = k
+        short = enc(x)
+    torch.testing.assert_close(short, full[:, :k], rtol=1e-5, atol=1e-6)
+
+
+# ---- FlexTok's latent space: a frozen continuous autoencoder as the pixel side -------------------------------------
+TINY_AE = {"name": "kl_ae", "resolution": 16, "channels": 8, "channel_mult": [1, 2, 2], "num_res_blocks": 1,
+           "z_channels": 8, "mid_attention": False, "latent_dim": 4}  # 16×16 → a 4×4 × 4 latent grid
+
+
+def latent_micro(ae, prefix="nested_dropout", **kw):
+    return micro("fsq", prefix, patch_size=2, autoencoder=ae, causal_registers=True, **kw)
+
+
+@pytest.fixture
+def ae_folder(tmp_path):
+    torch.manual_seed(1)
+    ae = vistok.build("tokenizer", TINY_AE)
+    ae.save_pretrained(tmp_path / "ae")
+    return tmp_path / "ae"
+
+
+def test_latent_model_round_trips_shapes_and_decodes_every_prefix(ae_folder):
+    torch.manual_seed(0)
+    tok = latent_micro(str(ae_folder)).eval()
+    ae = tok.autoencoder
+    assert tok.encoder.patch_embed.in_channels == 4 and tok.encoder.pos_embed.shape[1] == 2 * 2 + 1
+    x = images(3)
+    full = tok.encode(x)
+    assert full.shape == (3, K)
+    assert float(tok.latent_scale) > 0  # set from the first batch (scale_by_std)
+    outs = []
+    for k in range(1, K + 1):
+        out = tok.decode(tok.encode(x, num_tokens=k))
+        assert out.shape == (3, 3, 16, 16) and out.min() >= -1 and out.max() <= 1
+        outs.append(out)
+    assert not torch.equal(outs[0], outs[-1])
+    # the pixels are the frozen AE's decoding of the grid the ViT decoder writes
+    with torch.no_grad():
+        grid = tok._decode_latents(tok.post_quant_proj(tok.quantizer.indices_to_codes(full)))
+        assert grid.shape == (3, 4, 4, 4)
+        z = grid.flatten(2).transpose(1, 2) / tok.latent_scale
+        torch.testing.assert_close(ae.decode_latents(z).clamp(-1, 1), outs[-1])
+        # the eval forward is encode → decode, and its recon loss is in latent space
+        out = tok(x)
+        torch.testing.assert_close(out.reconstruction.clamp(-1, 1), outs[-1], rtol=0, atol=1e-5)
+        target = ae.encode_latents(x) * tok.latent_scale
+        expected = torch.nn.functional.mse_loss(grid.flatten(2).transpose(1, 2), target)
+        torch.testing.assert_close(out.losses["recon"], expected)
+
+
+def test_latent_model_trains_only_itself_and_the_ae_stays_frozen(ae_folder):
+    torch.manual_seed(0)
+    tok = latent_micro(str(ae_folder), pixel_weight=0.5)
+    ae_before = {k: v.clone() for k, v in tok.autoencoder.state_dict().items()}
+    opt = torch.optim.AdamW([p for p in tok.parameters() if p.requires_grad], lr=1e-2)
+    tok.train()
+    assert not tok.autoencoder.training  # the frozen AE stays in eval mode
+    out = tok(images(2))
+    assert set(out.losses) >= {"recon", "pixel"} and out.reconstruction.shape == (2, 3, 16, 16)
+    sum(out.losses.values()).backward()
+    assert all(p.grad is None for p in tok.autoencoder.parameters())
+    assert tok.decoder.head.weight.grad is not None and tok.decoder.head.weight.grad.abs().sum() > 0
+    opt.step()
+    for k, v in tok.autoencoder.state_dict().items():
+        assert torch.equal(v, ae_before[k]), k
+    # without pixel_weight the loss is latent only; the pixels are decoded (with gradient) when read
+    tok2 = latent_micro(str(ae_folder)).train()
+    out2 = tok2(images(2))
+    assert "pixel" not in out2.losses
+    assert out2.reconstruction.shape == (2, 3, 16, 16) and out2.reconstruction.requires_grad
+
+
+def test_latent_model_save_load_identical_and_stand_alone(tmp_path, ae_folder):
+    import shutil
+
+    torch.manual_seed(0)
+    tok = latent_micro(str(ae_folder))
+    opt = torch.optim.SGD([p for p in tok.parameters() if p.requires_grad], lr=0.1)
+    tok.train()
+    sum(tok(images(2)).losses.values()).backward()
+    opt.step()
+    tok.eval()
+    tok.save_pretrained(tmp_path / "m")
+    shutil.rmtree(ae_folder)  # the saved model carries its own copy of the frozen AE
+    loaded = vistok.load(tmp_path / "m")
+    assert loaded.autoencoder is not None and float(loaded.latent_scale) == float(tok.latent_scale)
+    x = images(3, seed=1)
+    for k in (1, 3, K):
+        tokens = tok.encode(x, num_tokens=k)
+        assert torch.equal(loaded.encode(x, num_tokens=k), tokens)
+        assert torch.equal(loaded.decode(tokens), tok.decode(tokens))
+
+
+def test_latent_model_bad_autoencoder_errors(tmp_path):
+    from vistok.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no saved tokenizer"):
+        latent_micro(str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match="resolution"):
+        latent_micro({**TINY_AE, "resolution": 32})
+    with pytest.raises(ConfigError, match="no continuous latents"):
+        latent_micro({"name": "vit1d", "resolution": 16, "patch_size": 4, "num_tokens": 2,
+                      "encoder_size": "micro", "decoder_size": "micro"})
+    with pytest.raises(ValueError, match="pixel_weight"):
+        micro(pixel_weight=1.0)
+
+
 # ---- configs --------------------------------------------------------------------------------------------------
 CONFIGS = sorted(Path(__file__).parent.parent.glob("configs/tokenizer/vit1d_*.yaml"))
 
@@ -356,6 +503,11 @@ def test_cpu_configs_train_on_an_image_folder(tmp_path, path):
              "eval.num_images=4"]
     cfg = load_config(path, [f"run_dir={tmp_path / 'run'}", *quick, f"data.root={tmp_path / 'images'}"])
     assert cfg.data.name == "imagefolder"
+    if isinstance(cfg.model.get("autoencoder"), str):  # latent space: its autoencoder config, one step, first
+        ae_config = Path(__file__).parent.parent / "configs" / "tokenizer" / f"{Path(cfg.model.autoencoder).name}.yaml"
+        run_training(load_config(ae_config, [f"run_dir={tmp_path / 'ae'}", *quick,
+                                             f"data.root={tmp_path / 'images'}"]), progress=False)
+        cfg.model.autoencoder = str(tmp_path / "ae")
     model = run_training(cfg, progress=False)
     assert (tmp_path / "run" / "model.safetensors").is_file()
     tokens = model.encode(torch.zeros(1, 3, 64, 64), num_tokens=3)

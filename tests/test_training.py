@@ -103,3 +103,8 @@ def test_config_errors_name_the_problem(tmp_path):
     bad.write_text("train: {steps: many}\n")
     with pytest.raises(ConfigError, match="bad.yaml"):
         load_config(bad)
+    with pytest.raises(ConfigError, match="train.parallel must be 'ddp' or 'fsdp', got 'zero3'"):
+        load_config(None, ["train.parallel=zero3"])
+    with pytest.raises(ConfigError, match="adaptive_weight .* does not combine with train.parallel=fsdp"):
+        load_config(None, ["train.parallel=fsdp", "loss.gan.weight=0.5", "loss.gan.adaptive_weight=true"])
+    assert load_config(None, ["train.parallel=fsdp", "loss.gan.weight=0.5"]).train.parallel == "fsdp"

@@ -67,12 +67,25 @@ def slug(text: str) -> str:
     return re.sub(r"[^0-9a-zA-Z]+", "_", text.strip()).strip("_")[:60] or "prompt"
 
 
+def save_prompt_images(images: torch.Tensor, out_dir: Path, number: int, prompt: str) -> dict[str, Any]:
+    """Write prompt ``number``'s images as ``<out_dir>/<NNN>_<slug>/<k>.png`` and their grid as
+    ``<NNN>_<slug>_grid.png``; return the manifest's ``files`` (relative to ``out_dir``) and ``grid`` entries."""
+    from vistok.data.imageio import save_grid, save_image
+
+    stem = f"{number:03d}_{slug(prompt)}"
+    files = []
+    for k, image in enumerate(images):
+        path = out_dir / stem / f"{k:03d}.png"
+        save_image(image, path)
+        files.append(str(path.relative_to(out_dir)))
+    save_grid(images, out_dir / f"{stem}_grid.png")
+    return {"files": files, "grid": f"{stem}_grid.png"}
+
+
 def sample_prompts(run_dir: str | Path, prompts: list[str], out_dir: str | Path, settings: SamplingSettings,
                    device: str | torch.device = "cpu", progress: bool = True) -> dict[str, Any]:
     """Resolve every prompt (failing before any sampling), sample, write PNGs, grids and ``manifest.json``."""
     from tqdm.auto import tqdm
-
-    from vistok.data.imageio import save_grid, save_image
 
     generator, tokenizer = load_generator_run(run_dir, device)
     spec = generator.token_spec  # per-sub-token settings are checked before anything is sampled
@@ -95,17 +108,10 @@ def sample_prompts(run_dir: str | Path, prompts: list[str], out_dir: str | Path,
     for p, (prompt, label) in enumerate(tqdm(list(zip(prompts, labels)), desc="sampling", disable=not progress)):
         rng = torch.Generator(device).manual_seed(settings.seed * 1_000_003 + p)
         images = sample_images(generator, tokenizer, label, settings, rng)
-        stem = f"{p:03d}_{slug(prompt)}"
-        files = []
-        for k, image in enumerate(images):
-            path = out_dir / stem / f"{k:03d}.png"
-            save_image(image, path)
-            files.append(str(path.relative_to(out_dir)))
-        grid = out_dir / f"{stem}_grid.png"
-        save_grid(images, grid)
         manifest["prompts"].append({"prompt": prompt, "class_index": None if text else label,
                                     "class_name": None if text else names[label],
-                                    "files": files, "grid": grid.name, "seed": settings.seed * 1_000_003 + p})
+                                    **save_prompt_images(images, out_dir, p, prompt),
+                                    "seed": settings.seed * 1_000_003 + p})
         all_images[p] = images
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
     manifest["images"] = all_images  # in-memory only (for callers such as the demo's judge)

@@ -3,8 +3,9 @@
 
 Kinds (``list_kinds()`` lists what is registered): ``quantizer``, ``tokenizer``, ``prefix`` (1D tokenizers' prefix
 regularizers), ``generator``, ``head`` (generator token heads, keyed by TokenSpec kind), ``entity_head`` (xAR's
-per-entity heads), ``conditioning`` (class labels, text), ``dataset``, ``perceptual`` and ``discriminator`` (training
-losses), ``mllm`` (an LLM with a vistok tokenizer plugged in) and ``mllm_bridge`` (how its images enter and leave).
+per-entity heads), ``conditioning`` (class labels, text), ``text_encoder`` (the frozen prompt encoders of text
+conditioning), ``dataset``, ``perceptual`` and ``discriminator`` (training losses), ``mllm`` (an LLM with a vistok
+tokenizer plugged in) and ``mllm_bridge`` (how its images enter and leave).
 """
 
 from __future__ import annotations
@@ -72,6 +73,10 @@ def build(kind: str, cfg: Mapping[str, Any] | str, **overrides: Any) -> Any:
     name = cfg.pop("name")
     cls = lookup(kind, name)
     kwargs = {**cfg, **overrides}
+    renamed = sorted(set(kwargs) & set(getattr(cls, "renamed_options", {})))
+    if renamed:
+        hints = ", ".join(f"{old!r} is now {cls.renamed_options[old]!r}" for old in renamed)
+        raise ConfigError(f"{kind} {name!r}: renamed options: {hints}; update the config")
     params = inspect.signature(cls).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
         unknown = sorted(set(kwargs) - set(params))

@@ -1,10 +1,13 @@
-"""What the CLIs and benchmarks share: their common options (Inception weights, device, CPU threads) and timing."""
+"""What the CLIs and benchmarks share: their common options (Inception weights, device, CPU threads), timing and
+peak memory."""
 
 from __future__ import annotations
 
 import argparse
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -25,6 +28,28 @@ def add_threads_option(parser: argparse.ArgumentParser, default: int = 0) -> Non
                         help="torch CPU threads (0: torch's default; set it when the machine is shared)")
 
 
+def add_tokenizer_data_options(parser: argparse.ArgumentParser) -> None:
+    """``--tokenizer``, ``--data``, ``--resolution``, ``--num-images``: what every evaluation of one tokenizer on a
+    dataset reads (see :func:`load_tokenizer_and_data`)."""
+    parser.add_argument("--tokenizer", required=True, help="tokenizer folder (save_pretrained output or a run folder)")
+    parser.add_argument("--data", default="shapes", help="'shapes' or an ImageFolder-layout folder")
+    parser.add_argument("--resolution", type=int, default=None, help="default: the tokenizer's resolution")
+    parser.add_argument("--num-images", type=int, default=None, help="default: all (shapes: 1000)")
+
+
+def load_tokenizer_and_data(args: argparse.Namespace) -> tuple[Any, int, dict[str, Any], Any]:
+    """(tokenizer, resolution, data config, dataset) for the options of :func:`add_tokenizer_data_options`; the
+    resolution defaults to the tokenizer's."""
+    import vistok
+    from vistok.data import build_dataset
+    from vistok.data.sources import data_cfg_from_arg
+
+    tokenizer = vistok.load(args.tokenizer, kind="tokenizer")
+    resolution = args.resolution or tokenizer.resolution
+    data_cfg = data_cfg_from_arg(args.data, resolution, args.num_images)
+    return tokenizer, resolution, data_cfg, build_dataset(data_cfg)
+
+
 def apply_threads(threads: int) -> None:
     if threads:
         torch.set_num_threads(threads)
@@ -40,3 +65,32 @@ def timed(fn: Callable[[], object], repeats: int) -> float:
         fn()
     sync()
     return (time.perf_counter() - start) / repeats
+
+
+def _proc_status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def peak_memory_mib(fn: Callable[[], object], device: str) -> tuple[float, str]:
+    """Peak extra memory (MiB) of one call of ``fn`` over what was in use before it, and how it was measured:
+    CUDA's ``max_memory_allocated``, or on CPU the peak resident set size (``VmHWM`` reset to the current RSS through
+    ``/proc/self/clear_refs``; where that is refused, the process's lifetime peak, an upper bound). Meant for a
+    fresh process after a warm-up call, so that only ``fn``'s own allocations count."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20, "cuda max_memory_allocated"
+    before = _proc_status_kb("VmRSS")
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+        method = "VmHWM after clear_refs"
+    except OSError:
+        method = "ru_maxrss (peak not resettable: upper bound)"
+    fn()
+    return (_proc_status_kb("VmHWM") - before) / 1024, method

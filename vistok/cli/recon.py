@@ -13,31 +13,23 @@ import sys
 import time
 from pathlib import Path
 
-from vistok.cli.common import add_device_option
+from vistok.cli.common import add_device_option, add_tokenizer_data_options, load_tokenizer_and_data
 from vistok.errors import VistokError
 
 
 def main(argv: list[str] | None = None, prog: str = "eval/recon.py") -> int:
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tokenizer", required=True, help="tokenizer folder (save_pretrained output or a run folder)")
-    p.add_argument("--data", default="shapes", help="'shapes' or an ImageFolder-layout folder")
-    p.add_argument("--resolution", type=int, default=None, help="default: the tokenizer's resolution")
-    p.add_argument("--num-images", type=int, default=None, help="default: all (shapes: 1000)")
+    add_tokenizer_data_options(p)
     p.add_argument("--batch-size", type=int, default=64)
     add_device_option(p)
     p.add_argument("--out", default="recon", help="output folder (recon.json, pairs.png, per_image.csv)")
     args = p.parse_args(argv)
     try:
         import vistok
-        from vistok.data import build_dataset
-        from vistok.data.sources import data_cfg_from_arg
         from vistok.metrics.evaluate import evaluate_reconstruction
         from vistok.training.loop import pick_device
 
-        tokenizer = vistok.load(args.tokenizer, kind="tokenizer")
-        resolution = args.resolution or tokenizer.resolution
-        data_cfg = data_cfg_from_arg(args.data, resolution, args.num_images)
-        dataset = build_dataset(data_cfg)
+        tokenizer, resolution, data_cfg, dataset = load_tokenizer_and_data(args)
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()

@@ -18,16 +18,18 @@ import sys
 import time
 from pathlib import Path
 
-from vistok.cli.common import add_device_option, add_inception_option
+from vistok.cli.common import (
+    add_device_option,
+    add_inception_option,
+    add_tokenizer_data_options,
+    load_tokenizer_and_data,
+)
 from vistok.errors import VistokError
 
 
 def main(argv: list[str] | None = None, prog: str = "eval/rfid.py") -> int:
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tokenizer", required=True, help="tokenizer folder (save_pretrained output or a run folder)")
-    p.add_argument("--data", default="shapes", help="'shapes' or an ImageFolder-layout folder")
-    p.add_argument("--resolution", type=int, default=None, help="default: the tokenizer's resolution")
-    p.add_argument("--num-images", type=int, default=None, help="default: all (shapes: 1000)")
+    add_tokenizer_data_options(p)
     p.add_argument("--num-tokens", type=int, default=None,
                    help="decode from the first k tokens (1D tokenizers with prefix decoding only)")
     add_inception_option(p)
@@ -41,18 +43,12 @@ def main(argv: list[str] | None = None, prog: str = "eval/rfid.py") -> int:
     out = Path(args.out)
     json_path, folder = (out, out.parent) if out.suffix == ".json" else (out / "rfid.json", out)
     try:
-        import vistok
-        from vistok.data import build_dataset
-        from vistok.data.sources import data_cfg_from_arg
         from vistok.metrics.reconstruction_fid import rfid
         from vistok.training.loop import pick_device
 
-        tokenizer = vistok.load(args.tokenizer, kind="tokenizer")
+        tokenizer, _, data_cfg, dataset = load_tokenizer_and_data(args)
         if args.num_tokens is not None:
             tokenizer = _prefix_decoding(tokenizer, args.num_tokens)
-        resolution = args.resolution or tokenizer.resolution
-        data_cfg = data_cfg_from_arg(args.data, resolution, args.num_images)
-        dataset = build_dataset(data_cfg)
         folder.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
         result = rfid(tokenizer, dataset, inception=args.inception, num_images=args.num_images,

@@ -1,13 +1,17 @@
-"""What the converters share: reading a released checkpoint without unpickling code, and a strict key map."""
+"""What the converters share: reading a released checkpoint without unpickling code, a strict key map, and the
+command line around them."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from vistok.errors import CheckpointError
+from vistok.errors import CheckpointError, VistokError
 
 
 def read_state_dict(path: str | Path, what: str, containers: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
@@ -64,3 +68,25 @@ class KeyMap:
             raise CheckpointError(f"the {self.what} checkpoint has tensors the key map does not place: "
                                   f"{unused[:4]}{'…' if len(unused) > 4 else ''}")
         return self.out
+
+
+def converter_parser(name: str, description: str | None, ckpt_help: str) -> argparse.ArgumentParser:
+    """``python -m vistok.convert.<name>``'s parser with the ``--ckpt`` and ``--out`` every converter takes."""
+    p = argparse.ArgumentParser(prog=f"python -m vistok.convert.{name}", description=description,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", required=True, help=ckpt_help)
+    p.add_argument("--out", required=True, help="output folder (a vistok tokenizer, save_pretrained layout)")
+    return p
+
+
+def save_converted(name: str, convert: Callable[[], Any], out: str, describe: Callable[[Any], str]) -> int:
+    """A converter command's end: run ``convert`` (a bad checkpoint or option is one line on stderr, exit 2), save
+    the tokenizer to ``out`` and print ``wrote <out>: <describe(tokenizer)>``."""
+    try:
+        tokenizer = convert()
+    except (VistokError, ValueError) as e:
+        print(f"vistok.convert.{name}: error: {e}", file=sys.stderr)
+        return 2
+    tokenizer.save_pretrained(out)
+    print(f"wrote {out}: {describe(tokenizer)}")
+    return 0

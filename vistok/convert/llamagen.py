@@ -28,7 +28,6 @@ evaluation scripts choose in the same order).
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 from collections.abc import Iterator
@@ -37,8 +36,8 @@ from typing import Any
 
 import torch
 
-from vistok.convert.common import KeyMap, read_state_dict
-from vistok.errors import CheckpointError, VistokError
+from vistok.convert.common import KeyMap, converter_parser, read_state_dict, save_converted
+from vistok.errors import CheckpointError
 
 DROPPED = ("quantize.codebook_used",)
 RES_NAMES = {"norm1": "norm1", "conv1": "conv1", "norm2": "norm2", "conv2": "conv2", "nin_shortcut": "shortcut"}
@@ -146,23 +145,18 @@ def convert(state: dict[str, torch.Tensor], resolution: int = 256):
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m vistok.convert.llamagen", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", required=True, help="LlamaGen VQ checkpoint (vq_ds16_c2i.pt, vq_ds8_c2i.pt)")
-    p.add_argument("--out", required=True, help="output folder (a vistok tokenizer, save_pretrained layout)")
+    p = converter_parser("llamagen", __doc__, "LlamaGen VQ checkpoint (vq_ds16_c2i.pt, vq_ds8_c2i.pt)")
     p.add_argument("--resolution", type=int, default=256, help="image side the tokenizer takes (default 256)")
     args = p.parse_args(argv)
-    try:
-        tokenizer = convert(read_checkpoint(args.ckpt), args.resolution)
-    except (VistokError, ValueError) as e:
-        print(f"vistok.convert.llamagen: error: {e}", file=sys.stderr)
-        return 2
-    tokenizer.save_pretrained(args.out)
+    return save_converted("llamagen", lambda: convert(read_checkpoint(args.ckpt), args.resolution), args.out,
+                          _describe)
+
+
+def _describe(tokenizer: Any) -> str:
     spec = tokenizer.token_spec
     params = sum(p.numel() for p in tokenizer.parameters())
-    print(f"wrote {args.out}: conv2d {tokenizer._hub_mixin_config.get('size') or 'custom'}, {params / 1e6:.1f}M "
-          f"parameters, {spec.grid[0]}×{spec.grid[1]} tokens of a {spec.vocab_sizes[0]}-code vocabulary")
-    return 0
+    return (f"conv2d {tokenizer._hub_mixin_config.get('size') or 'custom'}, {params / 1e6:.1f}M parameters, "
+            f"{spec.grid[0]}×{spec.grid[1]} tokens of a {spec.vocab_sizes[0]}-code vocabulary")
 
 
 if __name__ == "__main__":

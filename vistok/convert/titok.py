@@ -26,15 +26,14 @@ exact). Key map: ``transformer.{i}.{ln_1, attn.in_proj_*, attn.out_proj, ln_2, m
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 from typing import Any
 
 import torch
 
-from vistok.convert.common import KeyMap, read_state_dict
-from vistok.errors import CheckpointError, VistokError
+from vistok.convert.common import KeyMap, converter_parser, read_state_dict, save_converted
+from vistok.errors import CheckpointError
 
 TITOK_HEADS = {512: 8, 768: 12, 1024: 16}  # TiTok's small / base / large
 BLOCK_NAMES = {"ln_1": "norm1", "attn.in_proj_weight": "attn.qkv.weight", "attn.in_proj_bias": "attn.qkv.bias",
@@ -134,26 +133,24 @@ def convert(state: dict[str, torch.Tensor], heads: tuple[int, int] | None = None
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m vistok.convert.titok", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", required=True, help="TiTok tokenizer weights (.bin, .safetensors or a hub snapshot)")
-    p.add_argument("--out", required=True, help="output folder (a vistok tokenizer, save_pretrained layout)")
+    p = converter_parser("titok", __doc__, "TiTok tokenizer weights (.bin, .safetensors or a hub snapshot)")
     p.add_argument("--heads", type=int, nargs=2, metavar=("ENC", "DEC"), default=None,
                    help="attention heads (default: TiTok's for the width)")
     p.add_argument("--l2-norm", action="store_true", help="the checkpoint was trained with use_l2_norm: True")
     args = p.parse_args(argv)
-    try:
+
+    def run() -> Any:
         state = read_state_dict(args.ckpt, "TiTok (huggingface.co/yucornetto/tokenizer_titok_bl64_vq8k_imagenet "
                                 "and siblings)")
-        tokenizer = convert(state, tuple(args.heads) if args.heads else None, args.l2_norm)
-    except (VistokError, ValueError) as e:
-        print(f"vistok.convert.titok: error: {e}", file=sys.stderr)
-        return 2
-    tokenizer.save_pretrained(args.out)
+        return convert(state, tuple(args.heads) if args.heads else None, args.l2_norm)
+
+    return save_converted("titok", run, args.out, _describe)
+
+
+def _describe(tokenizer: Any) -> str:
     spec = tokenizer.token_spec
-    print(f"wrote {args.out}: vit1d, {sum(p.numel() for p in tokenizer.parameters()) / 1e6:.1f}M parameters, "
-          f"{spec.length} tokens of a {spec.vocab_sizes[0]}-code vocabulary at {tokenizer.resolution}px")
-    return 0
+    return (f"vit1d, {sum(p.numel() for p in tokenizer.parameters()) / 1e6:.1f}M parameters, "
+            f"{spec.length} tokens of a {spec.vocab_sizes[0]}-code vocabulary at {tokenizer.resolution}px")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from vistok.data.imageio import uint8_to_tensor
+from vistok.errors import ConfigError
 from vistok.registry import register
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star")
@@ -88,7 +89,7 @@ class ShapesDataset(Dataset):
     def __init__(self, resolution: int = 32, size: int = 10000, seed: int = 0, cache: bool = False,
                  rotate: bool = True) -> None:
         if resolution < 8 or size < 1:
-            raise ValueError(f"shapes needs resolution >= 8 and size >= 1, got resolution={resolution}, size={size}")
+            raise ConfigError(f"shapes needs resolution >= 8 and size >= 1, got resolution={resolution}, size={size}")
         self.resolution, self.size, self.seed = int(resolution), int(size), int(seed)
         self.rotate = bool(rotate)
         self.num_shapes, self.num_colors = len(SHAPES), len(COLORS)

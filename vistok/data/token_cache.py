@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from vistok.data.imagefolder import draw_rng
+from vistok.errors import ConfigError
 from vistok.hub import WEIGHTS_NAME, file_sha256
 
 AUGMENTS = ("none", "flip", "ten_crop")
@@ -60,7 +61,7 @@ def views(images: torch.Tensor, augment: str, resolution: int) -> torch.Tensor:
         from torchvision.transforms.functional import ten_crop
 
         return torch.stack(ten_crop(images, [resolution, resolution]), 1)
-    raise ValueError(f"token cache augment must be one of {AUGMENTS}, got {augment!r}")
+    raise ConfigError(f"token cache augment must be one of {AUGMENTS}, got {augment!r}")
 
 
 @torch.no_grad()
@@ -70,7 +71,7 @@ def build_token_cache(tokenizer: Any, tokenizer_dir: str | Path, dataset: Datase
     """Encode ``dataset`` with ``tokenizer`` once (each image as the views ``augment`` says); later calls with the
     same tokenizer weights, data config and augmentation load the cached file instead."""
     if augment not in AUGMENTS:
-        raise ValueError(f"token cache augment must be one of {AUGMENTS}, got {augment!r}")
+        raise ConfigError(f"token cache augment must be one of {AUGMENTS}, got {augment!r}")
     key = {"tokenizer": file_sha256(Path(tokenizer_dir) / WEIGHTS_NAME), "data": data_cfg}
     if augment != "none":  # caches written before augmentation existed keep their keys
         key["augment"] = augment

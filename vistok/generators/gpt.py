@@ -108,7 +108,7 @@ class GPT(PretrainedModel):
         dim, depth, heads = resolve_size(size, dim=dim, depth=depth, heads=heads)
         self.spec = TokenSpec.from_dict(token_spec)
         if class_names is not None and len(class_names) != num_classes:
-            raise ValueError(f"class_names has {len(class_names)} names for {num_classes} classes")
+            raise ConfigError(f"class_names has {len(class_names)} names for {num_classes} classes")
         self.num_classes, self.class_names = num_classes, list(class_names) if class_names else None
         self.dim, self.depth, self.heads = dim, depth, heads
         self.class_dropout = class_dropout
@@ -325,10 +325,10 @@ class GPT(PretrainedModel):
         if num_tokens is None or num_tokens == L:
             return L
         if not self.spec.prefix_ok:
-            raise ValueError(f"num_tokens={num_tokens}: this tokenizer's tokens are always {L} long "
-                             "(only prefix_ok specs can be cut short)")
+            raise ConfigError(f"num_tokens={num_tokens}: this tokenizer's tokens are always {L} long "
+                              "(only prefix_ok specs can be cut short)")
         if not 1 <= num_tokens <= L:
-            raise ValueError(f"num_tokens must be in 1..{L}, got {num_tokens}")
+            raise ConfigError(f"num_tokens must be in 1..{L}, got {num_tokens}")
         return int(num_tokens)
 
 

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 
 import torch
 
+from vistok.errors import ConfigError
+
 CFG_SCHEDULES = ("constant", "linear", "cosine")
 
 
@@ -41,7 +43,7 @@ def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0
     are then irrelevant). ``generator`` must live on the logits' device; the same generator state gives the same
     draw."""
     if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
+        raise ConfigError(f"temperature must be >= 0, got {temperature}")
     if temperature == 0:
         return logits.argmax(-1)
     logits = apply_top_p(apply_top_k(logits.float() / temperature, top_k), top_p)
@@ -60,8 +62,8 @@ def per_subtoken(value: float | Sequence[float], count: int, name: str) -> list:
     if not is_list(value):
         return [value] * count
     if len(value) != count:
-        raise ValueError(f"{name} has {len(value)} values for {count} sub-tokens; give one per sub-token or one "
-                         "for all")
+        raise ConfigError(f"{name} has {len(value)} values for {count} sub-tokens; give one per sub-token or one "
+                          "for all")
     return list(value)
 
 
@@ -71,8 +73,8 @@ def check_per_subtoken(kind: str, count: int, **options: object) -> None:
     for name, value in options.items():
         if is_list(value):
             if kind != "subvocab":
-                raise ValueError(f"{name}={list(value)}: one value per sub-token applies to subvocab tokens; this "
-                                 f"model's tokens are {kind!r}, give one number")
+                raise ConfigError(f"{name}={list(value)}: one value per sub-token applies to subvocab tokens; this "
+                                  f"model's tokens are {kind!r}, give one number")
             per_subtoken(value, count, name)
 
 
@@ -98,7 +100,7 @@ def cfg_scale_at(step: int, num_steps: int, scale: float | Sequence[float],
       Schedulers", arXiv 2404.13040).
     """
     if schedule not in CFG_SCHEDULES:
-        raise ValueError(f"unknown cfg_schedule {schedule!r}; choose one of {CFG_SCHEDULES}")
+        raise ConfigError(f"unknown cfg_schedule {schedule!r}; choose one of {CFG_SCHEDULES}")
     if is_list(scale):
         return [cfg_scale_at(step, num_steps, float(s), schedule) for s in scale]
     if schedule == "constant" or num_steps <= 1:
@@ -116,7 +118,7 @@ def cfg_guided_at(step: int, cfg_interval: int = -1) -> bool:
     0..c+1, and samples every later step from the conditional logits alone. As in LlamaGen the unconditional rows
     keep running (their cache stays filled); only their logits are no longer used."""
     if cfg_interval < -1:
-        raise ValueError(f"cfg_interval must be -1 (guide every step) or >= 0, got {cfg_interval}")
+        raise ConfigError(f"cfg_interval must be -1 (guide every step) or >= 0, got {cfg_interval}")
     return cfg_interval < 0 or step <= cfg_interval + 1
 
 

@@ -20,22 +20,23 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from vistok.errors import ConfigError
 from vistok.layers import RMSNorm
 
 
 def check_window(grid: tuple[int, int] | None, window: int) -> None:
     """Raise a clear error unless ``window`` ∈ {1, 2, 4, ...} tiles ``grid`` exactly."""
     if window < 1:
-        raise ValueError(f"token-shuffle window must be >= 1, got {window}")
+        raise ConfigError(f"token-shuffle window must be >= 1, got {window}")
     if window == 1:
         return
     if grid is None:
-        raise ValueError(f"token-shuffle window={window} needs a grid tokenizer (h×w tokens); this one emits a 1D "
-                         "sequence — use window=1")
+        raise ConfigError(f"token-shuffle window={window} needs a grid tokenizer (h×w tokens); this one emits a 1D "
+                          "sequence — use window=1")
     h, w = grid
     if h % window or w % window:
-        raise ValueError(f"token-shuffle window={window} does not tile the {h}×{w} token grid (each side must be "
-                         f"divisible by {window}); choose a window that divides both sides or window=1")
+        raise ConfigError(f"token-shuffle window={window} does not tile the {h}×{w} token grid (each side must be "
+                          f"divisible by {window}); choose a window that divides both sides or window=1")
 
 
 def to_windows(tokens: torch.Tensor, grid: tuple[int, int], window: int) -> torch.Tensor:
@@ -71,7 +72,7 @@ class TokenShuffle(nn.Module):
         super().__init__()
         n = window * window
         if dim % n:
-            raise ValueError(f"token-shuffle window={window} needs the width {dim} divisible by {n}")
+            raise ConfigError(f"token-shuffle window={window} needs the width {dim} divisible by {n}")
         self.window, self.n = window, n
         self.compress = nn.Linear(dim, dim // n, bias=False)
         self.fuse = nn.Sequential(*(ResidualMLP(dim) for _ in range(mlp_blocks)))

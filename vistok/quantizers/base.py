@@ -7,10 +7,13 @@ codebooks/groups/bits/dimensions. Tokenizers own the image ↔ sequence reshape.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+from vistok.metrics.codebook import usage_stats  # noqa: F401  (re-exported: every quantizer logs these stats)
 
 
 @dataclass
@@ -32,9 +35,9 @@ class QuantizerOutput:
 class Quantizer(nn.Module):
     """Base class. Subclasses set ``codebook_sizes`` (one entry per index channel), ``code_dim`` and ``kind``
     (the TokenSpec kind: "vocab", "subvocab", "bits" or "bins"), and implement ``forward`` and
-    ``indices_to_codes``. ``input_dim`` is the width of ``z``; it equals ``code_dim`` unless the quantizer maps
-    into another space (binary latents: K logits in, an embed_dim-wide sum of bit vectors out; FSQ: one input per
-    level)."""
+    ``indices_to_codes`` (and ``codes_to_indices`` where codes map to indices by a fixed rule). ``input_dim`` is
+    the width of ``z``; it equals ``code_dim`` unless the quantizer maps into another space (binary latents: K
+    logits in, a code_dim-wide sum of bit vectors out; FSQ: one input per level)."""
 
     kind: str = "vocab"
     codebook_sizes: tuple[int, ...] = ()
@@ -50,6 +53,15 @@ class Quantizer(nn.Module):
         """Map (B, N[, C]) indices to the (B, N, D) codes ``forward`` would have returned for them."""
         raise NotImplementedError
 
+    def codes_to_indices(self, codes: torch.Tensor) -> torch.Tensor:
+        """Map (..., D) codes to their (...[, C]) indices without running ``forward`` (no losses, no stats).
+
+        Quantizers whose codes determine their indices by a fixed rule (FSQ's grid, LFQ's signs, the dimension-wise
+        bins) implement it; the others (a learned codebook's nearest neighbour, sums of bit vectors) do not.
+        """
+        raise NotImplementedError(f"quantizer {getattr(self, 'registry_name', type(self).__name__)!r} has no "
+                                  "codes_to_indices (its indices come from forward(z).indices)")
+
     @property
     def input_dim(self) -> int:
         return self.__dict__.get("_input_dim", self.code_dim)
@@ -62,10 +74,10 @@ class Quantizer(nn.Module):
     def num_codebooks(self) -> int:
         return len(self.codebook_sizes)
 
+    @property
+    def codebook_size(self) -> int:
+        """How many distinct codes one position can take: the product of the per-channel ``codebook_sizes`` (the
+        single size for one codebook; FSQ's ∏ levels, LFQ's 2^D, dimension-wise PTQ's B^D), whether or not it is
+        materialised."""
+        return math.prod(self.codebook_sizes)
 
-def usage_stats(indices: torch.Tensor, codebook_size: int) -> dict[str, torch.Tensor]:
-    """Fraction of codes used in this batch and the perplexity exp(H) of the batch's code histogram."""
-    counts = torch.bincount(indices.reshape(-1), minlength=codebook_size).float()
-    probs = counts / counts.sum().clamp_min(1)
-    entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum()
-    return {"usage": (counts > 0).float().mean(), "perplexity": entropy.exp()}

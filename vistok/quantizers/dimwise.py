@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 
 from vistok.errors import ConfigError
-from vistok.quantizers.base import Quantizer, QuantizerOutput
+from vistok.quantizers.base import Quantizer, QuantizerOutput, usage_stats
 from vistok.registry import register
 
 BIN_RULES = ("gaussian", "uniform")
@@ -62,8 +62,9 @@ class DimwiseQuantizer(Quantizer):
     """
 
     kind = "bins"
+    renamed_options = {"dim": "code_dim"}
 
-    def __init__(self, dim: int = 8, num_bins: int = 64, std_range: float = 3.0, range_sigmas: float = 5.0,
+    def __init__(self, code_dim: int = 8, num_bins: int = 64, std_range: float = 3.0, range_sigmas: float = 5.0,
                  bin_rule: str = "gaussian", reconstruction: str = "conditional_mean",
                  momentum: float = 0.01) -> None:
         super().__init__()
@@ -73,16 +74,16 @@ class DimwiseQuantizer(Quantizer):
             raise ConfigError(f"dimwise: bin_rule must be one of {BIN_RULES}, got {bin_rule!r}")
         if reconstruction not in RECONSTRUCTIONS:
             raise ConfigError(f"dimwise: reconstruction must be one of {RECONSTRUCTIONS}, got {reconstruction!r}")
-        self.code_dim, self.num_bins = dim, num_bins
-        self.codebook_sizes = (num_bins,) * dim
+        self.code_dim, self.num_bins = code_dim, num_bins
+        self.codebook_sizes = (num_bins,) * code_dim
         self.std_range, self.range_sigmas = std_range, range_sigmas
         self.bin_rule, self.reconstruction, self.momentum = bin_rule, reconstruction, momentum
         edges, levels = bin_edges_and_levels(num_bins, std_range, bin_rule, reconstruction)
         self.register_buffer("edges", edges.float(), persistent=False)
         self.register_buffer("levels", levels.float(), persistent=False)
         # Fitted per-dimension statistics (saved with the tokenizer); ``fitted`` = 1 after :meth:`fit`.
-        self.register_buffer("center", torch.zeros(dim))
-        self.register_buffer("scale", torch.ones(dim))
+        self.register_buffer("center", torch.zeros(code_dim))
+        self.register_buffer("scale", torch.ones(code_dim))
         self.register_buffer("fitted", torch.zeros((), dtype=torch.long))
 
     # ---- fitting (post-training, no gradient) -----------------------------------------------------------------
@@ -140,7 +141,5 @@ class DimwiseQuantizer(Quantizer):
         indices = self.codes_to_indices(z)
         codes = self.indices_to_codes(indices)
         quantized = z + (codes - z).detach()  # straight-through (only matters if someone fine-tunes through it)
-        flat = indices.reshape(-1, self.code_dim)
-        counts = torch.stack([torch.bincount(flat[:, d], minlength=self.num_bins) for d in range(self.code_dim)])
-        stats = {"usage": (counts > 0).float().mean(), "fitted": self.fitted.float()}
+        stats = {**usage_stats(indices, self.codebook_sizes), "fitted": self.fitted.float()}
         return QuantizerOutput(quantized, indices, {}, stats)

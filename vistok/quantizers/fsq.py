@@ -20,6 +20,7 @@ import math
 
 import torch
 
+from vistok.errors import ConfigError
 from vistok.quantizers.base import Quantizer, QuantizerOutput, usage_stats
 from vistok.registry import register
 
@@ -33,7 +34,7 @@ class FiniteScalarQuantizer(Quantizer):
         super().__init__()
         levels = [int(v) for v in levels]
         if not levels or min(levels) < 2:
-            raise ValueError(f"fsq levels must be a non-empty list of integers >= 2, got {levels}")
+            raise ConfigError(f"fsq levels must be a non-empty list of integers >= 2, got {levels}")
         self.levels = levels
         self.eps = eps
         self.code_dim = len(levels)
@@ -44,10 +45,6 @@ class FiniteScalarQuantizer(Quantizer):
         self.register_buffer("_levels", lv, persistent=False)
         self.register_buffer("_basis", basis, persistent=False)
         self.register_buffer("_half_width", torch.floor(lv / 2), persistent=False)
-
-    @property
-    def codebook_size(self) -> int:
-        return self.codebook_sizes[0]
 
     def bound(self, z: torch.Tensor) -> torch.Tensor:
         """Squash ``z`` so that rounding yields exactly L integer values per channel."""

@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 
 from vistok.errors import ConfigError
-from vistok.quantizers.base import Quantizer, QuantizerOutput
+from vistok.quantizers.base import Quantizer, QuantizerOutput, usage_stats
 from vistok.registry import register
 from vistok.training.distributed import batch_mean
 
@@ -108,10 +108,11 @@ class GroupLFQ(Quantizer):
     """
 
     kind = "subvocab"
+    renamed_options = {"temperature": "entropy_temperature"}
 
     def __init__(self, num_groups: int = 4, group_dim: int = 8, entropy_weight: float = 0.1,
                  sample_entropy_weight: float = 1.0, codebook_entropy_weight: float = 1.0,
-                 commitment_weight: float = 0.25, temperature: float = 0.01, codebook_entropy: str = "shared",
+                 commitment_weight: float = 0.25, entropy_temperature: float = 0.01, codebook_entropy: str = "shared",
                  group_dims: list[int] | None = None, factorized_bits: list[int] | None = None) -> None:
         super().__init__()
         dims = [int(g) for g in group_dims] if group_dims is not None else [group_dim] * num_groups
@@ -139,7 +140,7 @@ class GroupLFQ(Quantizer):
         self.codebook_sizes = tuple(2**b for b in bits)
         self.entropy_weight = entropy_weight
         self.sample_entropy_weight, self.codebook_entropy_weight = sample_entropy_weight, codebook_entropy_weight
-        self.commitment_weight, self.temperature = commitment_weight, temperature
+        self.commitment_weight, self.entropy_temperature = commitment_weight, entropy_temperature
         self.codebook_entropy = codebook_entropy
         self.register_buffer("bit_weights", 2 ** torch.arange(max(bits)), persistent=False)
 
@@ -180,7 +181,7 @@ class GroupLFQ(Quantizer):
     def entropy_terms(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(per-sample entropy, codebook entropy) for (M, D) latents, pooled over groups as configured: BSQ
         (``"sum"``) sums both over groups; the others average the per-sample entropy over groups."""
-        sample, codebook, shared = group_entropy_terms(z, self.group_dims, self.temperature)
+        sample, codebook, shared = group_entropy_terms(z, self.group_dims, self.entropy_temperature)
         if self.codebook_entropy == "sum":
             return sample.sum(), codebook.sum()
         return sample.mean(), shared if self.codebook_entropy == "shared" else codebook.mean()
@@ -205,16 +206,6 @@ class GroupLFQ(Quantizer):
                     stats["sample_entropy"], stats["codebook_entropy"] = sample_h.detach(), codebook_h.detach()
             # straight-through when a gradient is wanted; otherwise the exact ±1 codes
             quantized = z + (codes - z).detach() if z.requires_grad else codes
-        stats.update(_group_usage(indices.detach(), self.codebook_sizes))
+        stats.update(usage_stats(indices.detach(), self.codebook_sizes))
         return QuantizerOutput(quantized, indices, losses, stats)
 
-
-def _group_usage(indices: torch.Tensor, sizes: Sequence[int]) -> dict[str, torch.Tensor]:
-    """Batch usage and perplexity per sub-token, averaged over sub-tokens (one histogram each, never mixed)."""
-    flat = indices.reshape(-1, indices.shape[-1])
-    usage, perplexity = [], []
-    for k, size in enumerate(sizes):
-        counts = torch.bincount(flat[:, k], minlength=size).float()
-        usage.append((counts > 0).float().mean())
-        perplexity.append(entropy(counts / counts.sum()).exp())
-    return {"usage": torch.stack(usage).mean(), "perplexity": torch.stack(perplexity).mean()}

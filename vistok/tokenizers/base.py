@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 
+from vistok.errors import ConfigError
 from vistok.hub import PretrainedModel
 from vistok.spec import TokenSpec
 
@@ -61,12 +63,41 @@ class Tokenizer(PretrainedModel):
                              "(vistok.data uses an ADM-style center crop)")
 
 
+class GridTokenizer(Tokenizer):
+    """A tokenizer whose tokens are the positions of the h×w latent grid of an autoencoder that downsamples by
+    ``downsample`` (conv2d, kl_ae, the diffusers wrappers): the grid, the TokenSpec read off ``self.quantizer``
+    (kind, per-channel sizes, code width), and the reshapes between a (B, D, h, w) feature map and the row-major
+    (B, h·w, D) sequence every quantizer takes."""
+
+    downsample: int
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        side = self.resolution // self.downsample
+        return side, side
+
+    @property
+    def token_spec(self) -> TokenSpec:
+        q, (h, w) = self.quantizer, self.grid
+        return TokenSpec(kind=q.kind, vocab_sizes=tuple(q.codebook_sizes), layout="grid", length=h * w,
+                         grid=(h, w), code_dim=q.code_dim)
+
+    def to_sequence(self, feature_map: torch.Tensor) -> torch.Tensor:
+        """(B, D, h, w) → (B, h·w, D), row-major."""
+        return rearrange(feature_map, "b d h w -> b (h w) d")
+
+    def to_grid(self, sequence: torch.Tensor) -> torch.Tensor:
+        """(B, h·w, D) → (B, D, h, w): the inverse of :meth:`to_sequence` on this tokenizer's grid."""
+        h, w = self.grid
+        return rearrange(sequence, "b (h w) d -> b d h w", h=h, w=w)
+
+
 RECON_LOSSES = ("mse", "l1")
 
 
 def check_recon_loss(name: str) -> str:
     if name not in RECON_LOSSES:
-        raise ValueError(f"recon_loss must be one of {RECON_LOSSES}, got {name!r}")
+        raise ConfigError(f"recon_loss must be one of {RECON_LOSSES}, got {name!r}")
     return name
 
 

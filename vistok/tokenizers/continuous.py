@@ -21,15 +21,13 @@ import math
 from typing import Any
 
 import torch
-from einops import rearrange
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from vistok.errors import ConfigError
 from vistok.registry import build, register
-from vistok.spec import TokenSpec
-from vistok.tokenizers.base import Tokenizer, TokenizerOutput, check_recon_loss, pixel_loss
+from vistok.tokenizers.base import GridTokenizer, TokenizerOutput, check_recon_loss, pixel_loss
 from vistok.tokenizers.conv_nets import Decoder, Encoder, conv_net_options
 
 
@@ -38,16 +36,17 @@ def dimwise_quantizer_config(quantizer: dict[str, Any] | None, latent_dim: int, 
     quantizer = dict(quantizer or {"name": "dimwise", "num_bins": 64})
     if quantizer.get("name") != "dimwise":
         raise ConfigError(f"{owner}: the quantizer must be 'dimwise' (post-training), got {quantizer.get('name')!r}")
-    quantizer.setdefault("dim", latent_dim)
-    if quantizer["dim"] != latent_dim:
-        raise ConfigError(f"{owner}: quantizer.dim={quantizer['dim']} differs from the latent dimension {latent_dim}")
+    quantizer.setdefault("code_dim", latent_dim)
+    if quantizer["code_dim"] != latent_dim:
+        raise ConfigError(f"{owner}: quantizer.code_dim={quantizer['code_dim']} differs from the latent dimension "
+                          f"{latent_dim}")
     return quantizer
 
 
-class ContinuousLatentTokenizer(Tokenizer):
+class ContinuousLatentTokenizer(GridTokenizer):
     """A tokenizer over a continuous latent grid (a diagonal Gaussian posterior), tokenized by post-training
     dimension-wise quantization. Subclasses provide :meth:`posterior` ((mean, logvar), each (B, N, D)),
-    :meth:`decode_latents` ((B, N, D) → unclamped images) and the attributes ``grid``, ``latent_dim``,
+    :meth:`decode_latents` ((B, N, D) → unclamped images) and the attributes ``downsample``, ``latent_dim``,
     ``quantizer`` (a ``DimwiseQuantizer``), ``kl_weight``, ``recon_loss`` and ``recon_weight``; the tokenizer
     interface, the KL training forward and :func:`post_training_quantize` come from here."""
 
@@ -55,15 +54,6 @@ class ContinuousLatentTokenizer(Tokenizer):
     kl_weight: float
     recon_loss: str
     recon_weight: float
-
-    @property
-    def grid(self) -> tuple[int, int]:  # pragma: no cover - interface
-        raise NotImplementedError
-
-    @property
-    def token_spec(self) -> TokenSpec:
-        q = self.quantizer
-        return TokenSpec.bins(q.code_dim, q.num_bins, grid=self.grid, code_dim=q.code_dim)
 
     def posterior(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover
         raise NotImplementedError
@@ -124,11 +114,6 @@ class KLAutoencoder(ContinuousLatentTokenizer):
         self.quantizer = build("quantizer", quantizer)
 
     @property
-    def grid(self) -> tuple[int, int]:
-        side = self.resolution // self.downsample
-        return side, side
-
-    @property
     def last_layer(self) -> torch.Tensor:
         """The decoder's last weight (VQGAN's adaptive GAN weight compares gradient norms here)."""
         return self.decoder.conv_out.weight
@@ -138,12 +123,11 @@ class KLAutoencoder(ContinuousLatentTokenizer):
         self.check_images(images)
         mean, logvar = self.moments_proj(self.encoder(images)).chunk(2, dim=1)
         logvar = logvar.clamp(-30.0, 20.0)  # as LDM's DiagonalGaussianDistribution
-        return rearrange(mean, "b d h w -> b (h w) d"), rearrange(logvar, "b d h w -> b (h w) d")
+        return self.to_sequence(mean), self.to_sequence(logvar)
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, N, D) continuous latents → (B, 3, H, W) unclamped images."""
-        h, w = self.grid
-        return self.decoder(self.post_quant_proj(rearrange(latents, "b (h w) d -> b d h w", h=h, w=w)))
+        return self.decoder(self.post_quant_proj(self.to_grid(latents)))
 
 
 @torch.no_grad()
@@ -154,7 +138,7 @@ def post_training_quantize(ae: ContinuousLatentTokenizer, latents: torch.Tensor,
     in value with ``ae`` (copied), so the result saves and loads as an ordinary tokenizer."""
     config = dict(ae._hub_mixin_config)  # the constructor arguments the hub mixin recorded
     config["quantizer"] = {**dict(config.get("quantizer") or {"name": "dimwise"}), **quantizer_options,
-                           "num_bins": num_bins, "dim": ae.latent_dim}
+                           "num_bins": num_bins, "code_dim": ae.latent_dim}
     config.pop("_vistok", None)
     out = type(ae)(**config)
     out.load_state_dict(ae.state_dict())

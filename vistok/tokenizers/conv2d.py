@@ -3,8 +3,8 @@ quantizer over the h×w grid → 1×1 projection → conv decoder. The baseline 
 
 The quantizer is chosen by config (``quantizer={"name": "vq", "codebook_size": ..., "code_dim": ...}``), so later
 quantizers (group LFQ, FSQ, …) drop in without touching this file. Training loss: pixel reconstruction (MSE or L1)
-plus the quantizer's named losses. LlamaGen adds LPIPS and a PatchGAN on top; those belong to the loss modules a
-later issue adds (``perceptual_weight``/GAN hooks are deliberately absent rather than stubbed).
+plus the quantizer's named losses. LlamaGen adds LPIPS and a PatchGAN on top; those are training losses
+(``vistok.losses``, a config's ``loss:`` section), not part of the tokenizer.
 """
 
 from __future__ import annotations
@@ -12,13 +12,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from einops import rearrange
 from torch import nn
 
 from vistok.errors import ConfigError
 from vistok.registry import build, register
-from vistok.spec import TokenSpec
-from vistok.tokenizers.base import Tokenizer, TokenizerOutput, check_recon_loss, pixel_loss
+from vistok.tokenizers.base import GridTokenizer, TokenizerOutput, check_recon_loss, pixel_loss
 from vistok.tokenizers.conv_nets import Decoder, Encoder, conv_net_options
 
 CONV_SIZES: dict[str, dict[str, Any]] = {
@@ -47,7 +45,7 @@ def resolve_conv_size(size: str | None, **given: Any) -> dict[str, Any]:
 
 
 @register("tokenizer", "conv2d")
-class ConvTokenizer(Tokenizer):
+class ConvTokenizer(GridTokenizer):
     """``size``: a named architecture of :data:`CONV_SIZES` (``llamagen_f16``, ``llamagen_f8``); options given
     explicitly win over it. ``level_attention``/``asymmetric_downsample``: see ``conv_nets.py``."""
 
@@ -73,17 +71,6 @@ class ConvTokenizer(Tokenizer):
         self.decoder = Decoder(**net)
 
     @property
-    def grid(self) -> tuple[int, int]:
-        side = self.resolution // self.downsample
-        return side, side
-
-    @property
-    def token_spec(self) -> TokenSpec:
-        q = self.quantizer
-        return TokenSpec(kind=q.kind, vocab_sizes=q.codebook_sizes, layout="grid", length=self.grid[0] * self.grid[1],
-                         grid=self.grid, code_dim=q.code_dim)
-
-    @property
     def last_layer(self) -> torch.Tensor:
         """The decoder's last weight (VQGAN's adaptive GAN weight compares gradient norms here)."""
         return self.decoder.conv_out.weight
@@ -93,12 +80,10 @@ class ConvTokenizer(Tokenizer):
         self.check_images(images)
         z = self.quant_proj(self.encoder(images))  # (B, D, h, w)
         h, w = z.shape[-2:]
-        return self.quantizer(rearrange(z, "b d h w -> b (h w) d")), (h, w)
+        return self.quantizer(self.to_sequence(z)), (h, w)
 
     def _decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
-        h, w = self.grid
-        z = rearrange(codes, "b (h w) d -> b d h w", h=h, w=w)
-        return self.decoder(self.post_quant_proj(z))
+        return self.decoder(self.post_quant_proj(self.to_grid(codes)))
 
     # ---- the interface ----------------------------------------------------------------------------------------
     @torch.no_grad()

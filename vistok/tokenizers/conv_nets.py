@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vistok.errors import ConfigError
+
 
 def _norm(channels: int) -> nn.GroupNorm:
     # 32 groups as in VQGAN when channels allow; small CPU models fall back to fewer groups.
@@ -135,7 +137,7 @@ def conv_net_options(resolution: int, channels: int, channel_mult: tuple[int, ..
     downsampling factor 2^(len(channel_mult) − 1), which must divide the resolution."""
     downsample = 2 ** (len(channel_mult) - 1)
     if resolution % downsample:
-        raise ValueError(f"resolution {resolution} is not divisible by the downsampling factor {downsample}")
+        raise ConfigError(f"resolution {resolution} is not divisible by the downsampling factor {downsample}")
     net = dict(channels=channels, channel_mult=tuple(channel_mult), num_res_blocks=num_res_blocks,
                z_channels=z_channels, mid_attention=mid_attention, dropout=dropout, level_attention=level_attention,
                asymmetric_downsample=asymmetric_downsample)

@@ -11,7 +11,7 @@ never the original hub id or folder again (``loaded_from`` keeps the origin for 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -81,3 +81,30 @@ def check_resolution(resolution: int, config: Mapping[str, Any], owner: str) -> 
         raise ConfigError(f"{owner}: resolution {resolution} is not divisible by the autoencoder's downsampling "
                           f"factor {factor} (2^(len(block_out_channels) - 1))")
     return factor
+
+
+W = TypeVar("W", bound="DiffusersWrapper")
+
+
+class DiffusersWrapper:
+    """What the diffusers tokenizers share besides loading (mixed in before their tokenizer base): construction
+    around a pretrained model, and the wrapped ``vae``'s encoder and last decoder weight under the names vistok's
+    other tokenizers use."""
+
+    vae: torch.nn.Module
+
+    @classmethod
+    def from_diffusers(cls: type[W], pretrained: str, subfolder: str | None = None, **options: Any) -> W:
+        """The tokenizer around diffusers' ``from_pretrained(pretrained, subfolder=subfolder)`` (a hub id or a
+        folder), in eval mode; ``options`` are this class's other options (``resolution``, …)."""
+        return cls(pretrained=pretrained, subfolder=subfolder, **options).eval()
+
+    @property
+    def encoder(self) -> torch.nn.Module:
+        """The VAE's encoder (named as in vistok's other tokenizers)."""
+        return self.vae.encoder
+
+    @property
+    def last_layer(self) -> torch.Tensor:
+        """The decoder's last weight (VQGAN's adaptive GAN weight compares gradient norms here)."""
+        return self.vae.decoder.conv_out.weight

@@ -17,17 +17,16 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 
-from vistok.quantizers.base import usage_stats
+from vistok.metrics.codebook import usage_stats
 from vistok.registry import register
 from vistok.spec import TokenSpec
-from vistok.tokenizers.base import Tokenizer, TokenizerOutput, check_recon_loss, pixel_loss
-from vistok.tokenizers.diffusers_common import check_resolution, load_diffusers_model, record_config
+from vistok.tokenizers.base import GridTokenizer, TokenizerOutput, check_recon_loss, pixel_loss
+from vistok.tokenizers.diffusers_common import DiffusersWrapper, check_resolution, load_diffusers_model, record_config
 
 
 @register("tokenizer", "diffusers_vq")
-class DiffusersVQ(Tokenizer):
+class DiffusersVQ(DiffusersWrapper, GridTokenizer):
     """Options: ``pretrained`` (hub id | folder) and ``subfolder``, or ``vae`` (a ``VQModel`` config) to build from
     scratch; ``commitment_weight``/``codebook_weight`` and ``recon_loss``/``recon_weight`` for training."""
 
@@ -45,36 +44,15 @@ class DiffusersVQ(Tokenizer):
         self.commitment_weight, self.codebook_weight = commitment_weight, codebook_weight
         self.recon_loss, self.recon_weight = check_recon_loss(recon_loss), recon_weight
 
-    @classmethod
-    def from_diffusers(cls, pretrained: str, subfolder: str | None = None, **options: Any) -> DiffusersVQ:
-        """The tokenizer around diffusers' ``from_pretrained(pretrained, subfolder=subfolder)`` (a hub id or a
-        folder), in eval mode; ``options`` are this class's other options (``resolution``, …)."""
-        return cls(pretrained=pretrained, subfolder=subfolder, **options).eval()
-
     @property
-    def grid(self) -> tuple[int, int]:
-        side = self.resolution // self.downsample
-        return side, side
-
-    @property
-    def token_spec(self) -> TokenSpec:
+    def token_spec(self) -> TokenSpec:  # diffusers' own quantizer, not a vistok Quantizer: one vocabulary
         return TokenSpec.vocab(self.codebook_size, grid=self.grid, code_dim=self.code_dim)
-
-    @property
-    def encoder(self) -> torch.nn.Module:
-        """The VAE's encoder (named as in vistok's other tokenizers)."""
-        return self.vae.encoder
-
-    @property
-    def last_layer(self) -> torch.Tensor:
-        """The decoder's last weight (VQGAN's adaptive GAN weight compares gradient norms here)."""
-        return self.vae.decoder.conv_out.weight
 
     # ---- pieces -----------------------------------------------------------------------------------------------
     def _latents(self, images: torch.Tensor) -> torch.Tensor:
         """(B, N, D): the encoder's output after ``quant_conv``, channel-last."""
         self.check_images(images)
-        return rearrange(self.vae.encode(images).latents, "b d h w -> b (h w) d")
+        return self.to_sequence(self.vae.encode(images).latents)
 
     def _nearest(self, z: torch.Tensor) -> torch.Tensor:
         """(B, N, D) → (B, N) indices of the nearest codes, in fp32 as diffusers' quantizer does."""
@@ -85,8 +63,7 @@ class DiffusersVQ(Tokenizer):
 
     def _decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """(B, N, D) codes → unclamped images (VQModel.decode without its optional re-quantization)."""
-        h, w = self.grid
-        quant = rearrange(codes, "b (h w) d -> b d h w", h=h, w=w)
+        quant = self.to_grid(codes)
         return self.vae.decoder(self.vae.post_quant_conv(quant), quant if self.spatial_norm else None)
 
     # ---- the interface ----------------------------------------------------------------------------------------

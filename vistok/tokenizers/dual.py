@@ -67,9 +67,10 @@ def fid_inception_path() -> Path:
 
 
 class FIDInceptionTeacher(nn.Module):
-    """FID's Inception-v3 blocks up to ``layer``; it takes [-1, 1] images (its own convention)."""
+    """FID's Inception-v3 blocks up to ``layer`` (the deep, semantic target); ``pixel_layer`` names an earlier block
+    whose output is the shallow target (DualToken's pixel branch). It takes [-1, 1] images (its own convention)."""
 
-    def __init__(self, layer: str = "mixed_7", input_size: int | None = None) -> None:
+    def __init__(self, layer: str = "mixed_7", input_size: int | None = None, pixel_layer: str | None = None) -> None:
         super().__init__()
         import warnings
 
@@ -77,28 +78,40 @@ class FIDInceptionTeacher(nn.Module):
             warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load's deprecation notice
             scripted = torch.jit.load(str(fid_inception_path()), map_location="cpu").eval()
         names = [n for n, _ in scripted.net.layers.named_children()]
-        if layer not in names:
-            raise ConfigError(f"teacher fid_inception: unknown layer {layer!r}; one of {names}")
+        for name in (layer, pixel_layer):
+            if name is not None and name not in names:
+                raise ConfigError(f"teacher fid_inception: unknown layer {name!r}; one of {names}")
+        if pixel_layer is not None and names.index(pixel_layer) >= names.index(layer):
+            raise ConfigError(f"teacher fid_inception: pixel_layer {pixel_layer!r} must come before layer {layer!r}")
         self.blocks = nn.ModuleList(m for n, m in scripted.net.layers.named_children())[: names.index(layer) + 1]
+        self.pixel_index = None if pixel_layer is None else names.index(pixel_layer)
         self.input_size = input_size
-        with torch.no_grad():  # the channel count of the chosen block, by a probe at FID's input size
-            probe = torch.zeros(1, 3, 299, 299)
+        with torch.no_grad():  # the channel counts of the chosen blocks, by a probe at FID's input size
+            probe, dims = torch.zeros(1, 3, 299, 299), []
             for block in self.blocks:
                 probe = block(probe)
-        self.out_dim = int(probe.shape[1])
+                dims.append(int(probe.shape[1]))
+        self.out_dim = dims[-1]
+        self.pixel_dim = None if self.pixel_index is None else dims[self.pixel_index]
 
-    def forward(self, images: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, grid: tuple[int, int]) -> dict[str, torch.Tensor]:
         size = self.input_size or 20 * grid[0]
         x = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-        for block in self.blocks:
+        out = {}
+        for i, block in enumerate(self.blocks):
             x = block(x)
-        return x
+            if i == self.pixel_index:
+                out["pixel"] = x
+        out["semantic"] = x
+        return out
 
 
 class TimmTeacher(nn.Module):
-    """Any timm model with loadable pretrained weights, as a frozen feature extractor (``features_only``)."""
+    """Any timm model with loadable pretrained weights, as a frozen feature extractor (``features_only``):
+    feature level ``out_index`` is the semantic target, ``pixel_out_index`` (an earlier level) the pixel one."""
 
-    def __init__(self, model: str, pretrained: bool = True, out_index: int = -1, input_size: int | None = None) -> None:
+    def __init__(self, model: str, pretrained: bool = True, out_index: int = -1, input_size: int | None = None,
+                 pixel_out_index: int | None = None) -> None:
         super().__init__()
         import timm
 
@@ -107,32 +120,56 @@ class TimmTeacher(nn.Module):
         except Exception as e:  # no network / unknown name: one clear line
             raise ConfigError(f"teacher timm {model!r}: could not create it with pretrained={pretrained} ({e}); "
                               "use teacher={'name': 'fid_inception'} offline") from e
-        info = self.net.feature_info
-        self.out_index = out_index % len(info.channels())
-        self.out_dim = info.channels()[self.out_index]
+        channels = self.net.feature_info.channels()
+        self.out_index = out_index % len(channels)
+        self.pixel_index = None if pixel_out_index is None else pixel_out_index % len(channels)
+        if self.pixel_index is not None and self.pixel_index >= self.out_index:
+            raise ConfigError(f"teacher timm: pixel_out_index {pixel_out_index} must be an earlier level than "
+                              f"out_index {out_index}")
+        self.out_dim = channels[self.out_index]
+        self.pixel_dim = None if self.pixel_index is None else channels[self.pixel_index]
         cfg = getattr(self.net, "pretrained_cfg", {}) or {}
         self.input_size = input_size or (cfg.get("input_size") or (3, 224, 224))[-1]
         self.register_buffer("mean", torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406))).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(cfg.get("std", (0.229, 0.224, 0.225))).view(1, 3, 1, 1))
 
-    def forward(self, images: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, grid: tuple[int, int]) -> dict[str, torch.Tensor]:
         x = F.interpolate(images, size=(self.input_size,) * 2, mode="bilinear", align_corners=False, antialias=True)
-        x = ((x + 1) / 2 - self.mean) / self.std
-        return self.net(x)[self.out_index]
+        feats = self.net(((x + 1) / 2 - self.mean) / self.std)
+        out = {"semantic": feats[self.out_index]}
+        if self.pixel_index is not None:
+            out["pixel"] = feats[self.pixel_index]
+        return out
 
 
 class RandomTeacher(nn.Module):
-    """A tiny seeded random conv net (tests): deterministic from its seed, so save/load rebuilds it exactly."""
+    """A tiny seeded random conv net (tests): deterministic from its seed, so save/load rebuilds it exactly.
+    ``depth`` 3×3 conv layers; layer ``layer`` (1-based, default the last) is the semantic target and
+    ``pixel_layer`` (an earlier one) the pixel target."""
 
-    def __init__(self, dim: int = 16, seed: int = 0) -> None:
+    def __init__(self, dim: int = 16, seed: int = 0, depth: int = 2, layer: int | None = None,
+                 pixel_layer: int | None = None) -> None:
         super().__init__()
+        layer = depth if layer is None else layer
+        if not 1 <= layer <= depth or (pixel_layer is not None and not 1 <= pixel_layer < layer):
+            raise ConfigError(f"teacher random: need 1 <= pixel_layer < layer <= depth, got pixel_layer="
+                              f"{pixel_layer}, layer={layer}, depth={depth}")
         gen = torch.Generator().manual_seed(seed)
-        self.w1 = nn.Parameter(torch.randn(dim, 3, 3, 3, generator=gen) / 3, requires_grad=False)
-        self.w2 = nn.Parameter(torch.randn(dim, dim, 3, 3, generator=gen) / (3 * dim**0.5), requires_grad=False)
+        self.weights = nn.ParameterList(
+            nn.Parameter(torch.randn(dim, 3 if i == 0 else dim, 3, 3, generator=gen) / (3 if i == 0 else 3 * dim**0.5),
+                         requires_grad=False) for i in range(layer))
+        self.pixel_layer = pixel_layer
         self.out_dim = dim
+        self.pixel_dim = None if pixel_layer is None else dim
 
-    def forward(self, images: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        return F.conv2d(torch.tanh(F.conv2d(images, self.w1, padding=1)), self.w2, padding=1)
+    def forward(self, images: torch.Tensor, grid: tuple[int, int]) -> dict[str, torch.Tensor]:
+        x, out = images, {}
+        for i, w in enumerate(self.weights, start=1):
+            x = F.conv2d(x if i == 1 else torch.tanh(x), w, padding=1)
+            if i == self.pixel_layer:
+                out["pixel"] = x
+        out["semantic"] = x
+        return out
 
 
 def build_teacher(cfg: dict[str, Any]) -> nn.Module:
@@ -158,7 +195,7 @@ class DualCodebookTokenizer(Tokenizer):
                  teacher: dict[str, Any] | None = None, semantic_hidden: int = 256, semantic_decoder_width: int = 128,
                  semantic_decoder_depth: int = 1, semantic_decoder_heads: int = 4,
                  quantizer: dict[str, Any] | None = None, recon_weight: float = 1.0, distill_weight: float = 1.0,
-                 teacher_cache_size: int = 0) -> None:
+                 pixel_distill_weight: float = 1.0, teacher_cache_size: int = 0) -> None:
         super().__init__()
         quantizer = dict(quantizer or {"name": "dual", "codebook_size": 1024, "semantic_dim": 32, "pixel_dim": 8})
         if quantizer.get("name") != "dual":
@@ -171,7 +208,7 @@ class DualCodebookTokenizer(Tokenizer):
         self.__dict__["teacher"] = build_teacher(teacher or {"name": "fid_inception"})
         self.teacher_cache_size = teacher_cache_size
         self._teacher_cache: OrderedDict[bytes, torch.Tensor] = OrderedDict()
-        teacher_dim = self.teacher.out_dim
+        teacher_dim, pixel_teacher_dim = self.teacher.out_dim, self.teacher.pixel_dim
 
         self.quantizer = build("quantizer", quantizer)
         sem_dim, pix_dim = self.quantizer.semantic_dim, self.quantizer.pixel_dim
@@ -190,6 +227,11 @@ class DualCodebookTokenizer(Tokenizer):
         self.semantic_out = nn.Sequential(nn.LayerNorm(semantic_decoder_width),
                                           nn.Linear(semantic_decoder_width, semantic_hidden), nn.Tanh(),
                                           nn.Linear(semantic_hidden, teacher_dim))
+        # DualToken's pixel branch answers to a shallow teacher layer: the pixel codes are decoded (as the semantic
+        # ones are, by the same Linear → Tanh → Linear shape) into that layer's features, scored by 1 − cos.
+        self.pixel_distill_weight = pixel_distill_weight if pixel_teacher_dim else 0.0
+        self.pixel_feature_out = None if not pixel_teacher_dim else nn.Sequential(
+            nn.Linear(pix_dim, semantic_hidden), nn.Tanh(), nn.Linear(semantic_hidden, pixel_teacher_dim))
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -199,6 +241,8 @@ class DualCodebookTokenizer(Tokenizer):
     @property
     def token_spec(self) -> TokenSpec:
         q = self.quantizer
+        if q.kind == "subvocab":  # DualToken: (semantic index, pixel index) per position
+            return TokenSpec.subvocab(q.codebook_sizes, grid=self.grid, code_dim=q.code_dim)
         return TokenSpec.vocab(q.codebook_sizes[0], grid=self.grid, code_dim=q.code_dim)
 
     @property
@@ -209,7 +253,8 @@ class DualCodebookTokenizer(Tokenizer):
     # ---- branches ---------------------------------------------------------------------------------------------
     @torch.no_grad()
     def teacher_features(self, images: torch.Tensor) -> torch.Tensor:
-        """The frozen teacher's features on the token grid, (B, N, teacher_dim) (memoised if configured)."""
+        """The frozen teacher's features on the token grid, (B, N, teacher_dim [+ pixel layer's dim]): the deep
+        (semantic) layer, then the shallow (pixel) layer if one is configured (memoised if configured)."""
         self.teacher.to(images.device)
         if not self.teacher_cache_size:
             return self._run_teacher(images)
@@ -224,15 +269,22 @@ class DualCodebookTokenizer(Tokenizer):
         return torch.stack([self._teacher_cache[k] for k in keys]).to(images.device)
 
     def _run_teacher(self, images: torch.Tensor) -> torch.Tensor:
-        feats = F.adaptive_avg_pool2d(self.teacher(images.float(), self.grid), self.grid)
-        return rearrange(feats, "b c h w -> b (h w) c")
+        feats = self.teacher(images.float(), self.grid)
+        parts = [feats["semantic"]] + ([feats["pixel"]] if "pixel" in feats else [])
+        # shallow layers are finer than the token grid: average-pooled to it, as the deep one is
+        pooled = [rearrange(F.adaptive_avg_pool2d(f, self.grid), "b c h w -> b (h w) c") for f in parts]
+        return torch.cat(pooled, dim=-1)
+
+    def _split_teacher(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        semantic = feats[..., : self.teacher.out_dim]
+        return semantic, (feats[..., self.teacher.out_dim:] if self.teacher.pixel_dim else None)
 
     def _latents(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(concatenated semantic|pixel latents (B, N, D), teacher features (B, N, C))."""
         self.check_images(images)
         teacher = self.teacher_features(images)
         pixel = rearrange(self.pixel_proj(self.pixel_encoder(images)), "b d h w -> b (h w) d")
-        return torch.cat([self.semantic_proj(teacher), pixel], dim=-1), teacher
+        return torch.cat([self.semantic_proj(self._split_teacher(teacher)[0]), pixel], dim=-1), teacher
 
     def _decode_pixels(self, codes: torch.Tensor) -> torch.Tensor:
         h, w = self.grid
@@ -246,10 +298,12 @@ class DualCodebookTokenizer(Tokenizer):
     # ---- the interface ----------------------------------------------------------------------------------------
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, N) shared indices, or (B, N, 2) (semantic, pixel) indices in DualToken mode."""
         return self.quantizer(self._latents(images)[0]).indices
 
     @torch.no_grad()
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Images from tokens; in DualToken mode only the pixel sub-token is read."""
         self.token_spec.validate(tokens)
         return self._decode_pixels(self.quantizer.indices_to_codes(tokens)).clamp(-1, 1)
 
@@ -270,10 +324,17 @@ class DualCodebookTokenizer(Tokenizer):
 
     def forward(self, images: torch.Tensor) -> TokenizerOutput:
         latents, teacher = self._latents(images)
+        teacher_sem, teacher_pix = self._split_teacher(teacher)
         q = self.quantizer(latents)
         recon = self._decode_pixels(q.quantized)
         semantic = self._decode_semantics(q.quantized)
-        cosine = F.cosine_similarity(semantic, teacher, dim=-1)
+        cosine = F.cosine_similarity(semantic, teacher_sem, dim=-1)
         losses = {"recon": self.recon_weight * F.mse_loss(recon, images),
                   "distill": self.distill_weight * (1 - cosine).mean(), **q.losses}
-        return TokenizerOutput(recon, losses, {**q.stats, "teacher_cosine": cosine.detach().mean()}, q.indices)
+        stats = {**q.stats, "teacher_cosine": cosine.detach().mean()}
+        if self.pixel_feature_out is not None:
+            pixel_feats = self.pixel_feature_out(q.quantized[..., self.quantizer.semantic_dim:])
+            pixel_cosine = F.cosine_similarity(pixel_feats, teacher_pix, dim=-1)
+            losses["pixel_distill"] = self.pixel_distill_weight * (1 - pixel_cosine).mean()
+            stats["pixel_teacher_cosine"] = pixel_cosine.detach().mean()
+        return TokenizerOutput(recon, losses, stats, q.indices)

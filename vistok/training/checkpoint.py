@@ -113,6 +113,12 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module) -> dict[str, Any]:
         if not weights.is_file():
             raise CheckpointError(f"{weights}: missing; {path} is not a complete checkpoint")
         load_state_dict_strict(model, load_file(str(weights)), source=str(weights))
+    return load_checkpoint_state(path)
+
+
+def load_checkpoint_state(path: str | Path) -> dict[str, Any]:
+    """The training state (``state.pt``) of a checkpoint, loaded without unpickling code."""
+    path = Path(path)
     try:
         return torch.load(path / STATE_NAME, map_location="cpu", weights_only=True)
     except Exception as e:  # an unpickling refusal or a corrupt file: say which file

@@ -32,6 +32,7 @@ class TrainConfig:
     batch_size: int = 64
     batch_scope: str = "global"  # global: batch_size images per optimizer step over all ranks | per_rank
     grad_accum: int = 1  # micro-batches per optimizer step (each rank: its batch / grad_accum images at a time)
+    parallel: str = "ddp"  # with several processes: ddp (full copy per rank) | fsdp (weights, grads, AdamW sharded)
     lr: float = 3e-4
     min_lr_ratio: float = 0.1
     warmup_steps: int = 100
@@ -67,7 +68,7 @@ class SampleConfig:
 class EvalConfig:
     every: int = 0  # 0: off. Otherwise evaluate on a fixed held-out set every N steps (and at the end)
     num_images: int = 256
-    data: dict[str, Any] = field(default_factory=dict)  # held-out set; empty: the training data with seed+1
+    data: dict[str, Any] = field(default_factory=dict)  # held-out set (empty: see held_out_data_cfg)
     fid: bool = False  # also rFID/rKID (tokenizer stage) or FID/KID of samples vs the held-out set (generator stage)
     inception: str = "auto"  # auto | download | packaged | <weights path> (see docs/evaluation.md)
 
@@ -148,6 +149,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise ConfigError(f"token_cache_augment must be none, flip or ten_crop, got {cfg.token_cache_augment!r}")
     if cfg.train.batch_scope not in ("global", "per_rank"):
         raise ConfigError(f"train.batch_scope must be 'global' or 'per_rank', got {cfg.train.batch_scope!r}")
+    if cfg.train.parallel not in ("ddp", "fsdp"):
+        raise ConfigError(f"train.parallel must be 'ddp' or 'fsdp', got {cfg.train.parallel!r}")
+    if cfg.train.parallel == "fsdp" and cfg.loss.gan.weight and cfg.loss.gan.adaptive_weight:
+        raise ConfigError("loss.gan.adaptive_weight needs the decoder's last layer whole on every rank; it does not "
+                          "combine with train.parallel=fsdp (use ddp, or loss.gan.adaptive_weight=false)")
     if cfg.train.grad_accum < 1:
         raise ConfigError(f"train.grad_accum must be >= 1, got {cfg.train.grad_accum}")
     return cfg

@@ -3,7 +3,7 @@
 torchrun starts N processes and tells each its ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE`` through the environment;
 :func:`setup` turns that into a process group (nccl on CUDA, gloo on CPU) and a device per process. A plain
 ``python train.py`` has no such variables and runs as rank 0 of 1, with every helper below a no-op, so single-process
-code paths stay exactly as they were.
+code paths stay exactly as they were (``torchrun --nproc_per_node 1`` does start a group of one, and DDP).
 
 The helpers are the few collective operations training needs: averaging logged scalars, gathering tokens for
 global-batch codebook statistics, a differentiable mean over the global batch (for losses whose value depends on
@@ -44,7 +44,7 @@ def setup(device_name: str = "auto") -> tuple[DistEnv, torch.device | None]:
     """Join the process group torchrun describes (if any); returns the rank info and this process's device
     (``None``: let the caller pick, as in a single-process run)."""
     world = env_world_size()
-    if world <= 1:
+    if world <= 1 and "TORCHELASTIC_RUN_ID" not in os.environ:
         return DistEnv(), None
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() and device_name in ("auto", "cuda")
@@ -64,7 +64,9 @@ def teardown(env: DistEnv) -> None:
 
 
 def active() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    """A process group is up: several processes, or ``torchrun --nproc_per_node 1`` (DDP on one device, the same
+    code path as N)."""
+    return dist.is_available() and dist.is_initialized()
 
 
 def rank() -> int:

@@ -5,7 +5,8 @@
 such as an MLLM's language model, is the same in both and is not copied); buffers are always the live model's.
 
 The EMA weights are used by swapping them into the live model (:meth:`EMA.swapped`) rather than by keeping a
-second model, so the memory cost is one copy of the trainable parameters.
+second model, so the memory cost is one copy of the trainable parameters. Under FSDP (``fsdp.py``) each rank's shadow
+holds the shard of the weights it holds; ``state_dict`` gathers the full weights.
 """
 
 from __future__ import annotations
@@ -62,10 +63,14 @@ class EMA:
             p.copy_(self.shadow[name])
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {name: t.detach().cpu().contiguous() for name, t in self.shadow.items()}
+        """The full EMA weights (collective under FSDP, where each rank holds the shard of its parameters)."""
+        from vistok.training.fsdp import full_tensor
+
+        return {name: full_tensor(t.detach()).cpu().contiguous() for name, t in self.shadow.items()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor], source: str) -> None:
         from vistok.errors import CheckpointError
+        from vistok.training.fsdp import like
 
         if set(state) != set(self.shadow):
             missing, extra = sorted(set(self.shadow) - set(state)), sorted(set(state) - set(self.shadow))
@@ -75,4 +80,4 @@ class EMA:
             if t.shape != self.shadow[name].shape:
                 raise CheckpointError(f"{source}: EMA weight {name} has shape {tuple(t.shape)}, the model "
                                       f"{tuple(self.shadow[name].shape)}")
-            self.shadow[name].copy_(t)
+            self.shadow[name].copy_(like(t, self.shadow[name]))

@@ -9,7 +9,8 @@ states restored from the checkpoint, resuming reproduces the uninterrupted run's
 Several processes (``torchrun``, see ``distributed.py``): the model (and discriminator) are wrapped in DDP, each
 rank takes its slice of every global batch of the same deterministic stream, logged scalars are averaged over ranks,
 and only rank 0 writes logs, images, checkpoints and the final model. N ranks × B images per step compute the same
-update as one process with N·B images (up to floating-point summation order).
+update as one process with N·B images (up to floating-point summation order). With ``train.parallel=fsdp`` the model
+is sharded instead of replicated (``fsdp.py``); checkpoints and saved weights are the same full tensors either way.
 
 What is stage-specific lives in a :class:`Task` (``tasks.py``): the loss of one batch, what images to save and
 what to evaluate, and optionally a discriminator trained by its own optimizer.
@@ -17,10 +18,11 @@ what to evaluate, and optionally a discriminator trained by its own optimizer.
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -31,10 +33,11 @@ from tqdm.auto import tqdm
 from vistok.data.imagefolder import DrawIndex
 from vistok.errors import CheckpointError, ConfigError
 from vistok.hub import PretrainedModel
-from vistok.training import distributed
+from vistok.training import distributed, fsdp
 from vistok.training.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
+    load_checkpoint_state,
     load_checkpoint_tensors,
     rng_state,
     save_checkpoint,
@@ -152,6 +155,24 @@ def _adamw(params: list[torch.nn.Parameter], lr: float, betas: tuple[float, floa
                              lr=lr, betas=betas, eps=eps, fused=device.type == "cuda")
 
 
+def _param_names(model: torch.nn.Module) -> list[str]:
+    """The parameter names in the order ``_adamw`` numbers them (its two groups, one after the other)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    return [n for n, p in named if p.ndim >= 2] + [n for n, p in named if p.ndim < 2]
+
+
+def _optimizer_by_name(state: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """A ``torch.optim`` state dict keyed by parameter numbers → the same keyed by parameter names (FSDP's layout)."""
+    return {"state": {names[i]: v for i, v in state["state"].items()},
+            "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]]}
+
+
+def _optimizer_by_number(state: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    index = {n: i for i, n in enumerate(names)}
+    return {"state": {index[n]: v for n, v in state["state"].items()},
+            "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in state["param_groups"]]}
+
+
 def _wrap_ddp(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     if not distributed.active():
         return module
@@ -184,7 +205,16 @@ def train(task: Task, dataset: Dataset, cfg: TrainConfig, run_dir: str | Path, *
     device = device or pick_device(cfg.device)
     global_batch = global_batch_size(cfg, world)
     model = task.model
+    sharded = cfg.parallel == "fsdp" and distributed.active()
+    ckpt = latest_checkpoint(run_dir) if resume else None
+    plain = None
+    if sharded:
+        if ckpt is not None:
+            load_checkpoint(ckpt, model)  # the full weights go in before sharding; the rest after, in _resume
+        plain = fsdp.template(model, main)
     model.to(device)
+    if sharded:
+        fsdp.shard(model)  # before the optimizer and the EMA, which then hold this rank's shards
     optimizer = _adamw(list(model.parameters()), cfg.lr, (cfg.beta1, cfg.beta2), cfg.weight_decay, device, cfg.eps)
     scheduler = build_scheduler(optimizer, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio)
     ema = EMA(model, cfg.ema.decay, cfg.ema.start, cfg.ema.every) if cfg.ema.decay > 0 else None
@@ -199,22 +229,31 @@ def train(task: Task, dataset: Dataset, cfg: TrainConfig, run_dir: str | Path, *
         d_sched = build_scheduler(d_opt, max(1, cfg.steps - int(d.start)), d.warmup_steps, d.min_lr_ratio)
 
     start = 0
-    ckpt = latest_checkpoint(run_dir) if resume else None
     if ckpt is not None:
-        start = _resume(ckpt, cfg, model, optimizer, scheduler, ema, disc, d_opt, d_sched, global_batch, main)
+        start = _resume(ckpt, cfg, model, optimizer, scheduler, ema, disc, d_opt, d_sched, global_batch, main,
+                        sharded)
     else:
         if resume and main:
             print(f"no checkpoint in {run_dir / 'checkpoints'}; starting from step 0")
         torch.manual_seed(cfg.seed + 100_003 * rank)  # per-rank random streams (dropout, noise); rank 0: cfg.seed
 
-    task.train_model = _wrap_ddp(model, device)
+    task.train_model = model if sharded else _wrap_ddp(model, device)
     if disc is not None:
         task.train_discriminator = _wrap_ddp(disc, device)
     sampler = StepBatchSampler(len(dataset), global_batch, cfg.steps, cfg.seed, start, rank, world, cfg.grad_accum)
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.num_workers, persistent_workers=False,
                         pin_memory=device.type == "cuda")
     log_file = (run_dir / "log.jsonl").open("a") if main else None
-    outputs = (lambda: ema.swapped(model)) if ema is not None and cfg.ema.use_for_outputs else nullcontext
+    swap = (lambda: ema.swapped(model)) if ema is not None and cfg.ema.use_for_outputs else nullcontext
+
+    @contextmanager
+    def outputs():  # every rank enters; rank 0's task sees the output weights, under FSDP gathered whole
+        with swap(), fsdp.full_model(model, plain, device) as whole:
+            task.model = whole if whole is not None else model
+            try:
+                yield task.model
+            finally:
+                task.model = model
     model.train()
     bar = tqdm(total=cfg.steps, initial=start, disable=not progress or not main, desc=f"train {run_dir.name}",
                dynamic_ncols=True)
@@ -267,7 +306,8 @@ def train(task: Task, dataset: Dataset, cfg: TrainConfig, run_dir: str | Path, *
             if step % cfg.log_every == 0 or step == cfg.steps:
                 elapsed = time.perf_counter() - window_t
                 record = distributed.mean_scalars(
-                    {"loss": loss_sum / cfg.grad_accum, "grad_norm": float(grad_norm), **logs}, device)
+                    {"loss": loss_sum / cfg.grad_accum, "grad_norm": float(fsdp.full_tensor(grad_norm)), **logs},
+                    device)
                 record = {"step": step, "lr": scheduler.get_last_lr()[0],
                           "items_per_s": window_items * world / max(elapsed, 1e-9), **record}
                 if device.type == "cuda":
@@ -278,31 +318,36 @@ def train(task: Task, dataset: Dataset, cfg: TrainConfig, run_dir: str | Path, *
                 bar.set_postfix(loss=f"{record['loss']:.4f}", ips=f"{record['items_per_s']:.0f}")
                 window_t, window_items = time.perf_counter(), 0
             if cfg.image_every and (step % cfg.image_every == 0 or step == cfg.steps):
-                if main:
-                    with outputs():
-                        _in_eval(model, task.save_images, step, run_dir / "images" / f"step_{step:07d}.png")
-                distributed.barrier()
+                with outputs() as m:
+                    if main:
+                        _in_eval(m, task.save_images, step, run_dir / "images" / f"step_{step:07d}.png")
+                    distributed.barrier()
             if cfg.ckpt_every and (step % cfg.ckpt_every == 0 or step == cfg.steps):
-                _save(run_dir, step, cfg, model, optimizer, scheduler, ema, disc, d_opt, d_sched, global_batch)
+                _save(run_dir, step, cfg, model, plain, optimizer, scheduler, ema, disc, d_opt, d_sched, global_batch,
+                      device)
             if eval_every and step % eval_every == 0 and step != cfg.steps:
-                if main:
-                    with outputs():
-                        _log_eval(log_file, step, _in_eval(model, task.evaluate, step))
-                distributed.barrier()
+                with outputs() as m:
+                    if main:
+                        _log_eval(log_file, step, _in_eval(m, task.evaluate, step))
+                    distributed.barrier()
             for cb in callbacks or []:
                 cb(step)
-        if main:
-            with outputs():
-                _log_eval(log_file, step, _in_eval(model, task.evaluate, step))
+        with outputs() as m:
+            if main:
+                _log_eval(log_file, step, _in_eval(m, task.evaluate, step))
+            distributed.barrier()
     finally:
         bar.close()
         if log_file is not None:
             log_file.close()
     model.eval()
-    if main:
-        _save_final(model, ema, cfg.ema.use_for_outputs, run_dir)
+    _save_final(model, plain, ema, cfg.ema.use_for_outputs, run_dir, main, device)
     if ema is not None and cfg.ema.use_for_outputs:
         ema.copy_to(model)
+    if sharded:  # rank 0 of an FSDP run returns a plain model with the output weights (the others their shards)
+        with fsdp.full_model(model, plain, device) as whole:
+            if whole is not None:
+                model = copy.deepcopy(whole)
     distributed.barrier()
     return model
 
@@ -313,42 +358,60 @@ def _check_finite(loss: torch.Tensor, step: int, run_dir: Path) -> None:
                                  f"(last checkpoint: {latest_checkpoint(run_dir)})")
 
 
-def _save_final(model: PretrainedModel, ema: EMA | None, ema_outputs: bool, run_dir: Path) -> None:
+def _save_final(model: PretrainedModel, plain: PretrainedModel | None, ema: EMA | None, ema_outputs: bool,
+                run_dir: Path, main: bool, device: torch.device) -> None:
     """``run_dir`` gets the output weights (EMA ones by default when EMA is on); the other set goes to
-    ``run_dir/non_ema`` (or ``run_dir/ema``) so both can be evaluated."""
+    ``run_dir/non_ema`` (or ``run_dir/ema``) so both can be evaluated. Every rank calls it; rank 0 writes."""
+    with fsdp.full_model(model, plain, device) as whole:
+        if main:
+            whole.save_pretrained(run_dir / ("non_ema" if ema is not None and ema_outputs else ""))
     if ema is None:
-        model.save_pretrained(run_dir)
         return
-    model.save_pretrained(run_dir / ("non_ema" if ema_outputs else ""))
-    with ema.swapped(model):
-        model.save_pretrained(run_dir / ("" if ema_outputs else "ema"))
+    with ema.swapped(model), fsdp.full_model(model, plain, device) as whole:
+        if main:
+            whole.save_pretrained(run_dir / ("" if ema_outputs else "ema"))
 
 
-def _save(run_dir: Path, step: int, cfg: TrainConfig, model: PretrainedModel, optimizer, scheduler, ema: EMA | None,
-          disc: torch.nn.Module | None, d_opt, d_sched, global_batch: int) -> None:
-    """Checkpoint (rank 0 writes; every rank contributes its RNG state)."""
+def _save(run_dir: Path, step: int, cfg: TrainConfig, model: PretrainedModel, plain: PretrainedModel | None, optimizer,
+          scheduler, ema: EMA | None, disc: torch.nn.Module | None, d_opt, d_sched, global_batch: int,
+          device: torch.device) -> None:
+    """Checkpoint (rank 0 writes; every rank contributes its RNG state, and under FSDP its shards)."""
     rngs = distributed.gather_objects(rng_state())
-    if distributed.rank() == 0:
-        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rngs[0],
-                 "rng_per_rank": rngs, "world_size": len(rngs), "global_batch": global_batch,
-                 "grad_accum": cfg.grad_accum}
-        tensors = {}
-        if ema is not None:
-            tensors["ema"] = ema.state_dict()
-        if disc is not None:
-            tensors["discriminator"] = disc.state_dict()
-            state.update(disc_optimizer=d_opt.state_dict(), disc_scheduler=d_sched.state_dict())
-        save_checkpoint(run_dir, step, model, state, keep=cfg.keep_checkpoints, tensors=tensors)
-    distributed.barrier()
+    sharded = fsdp.is_sharded(model)
+    main = distributed.rank() == 0
+    # the sharded parts are gathered by all ranks together; a replicated model's are read on rank 0 alone
+    opt_state = fsdp.optimizer_state(model, optimizer) if sharded else optimizer.state_dict() if main else None
+    ema_state = ema.state_dict() if ema is not None and (sharded or main) else None
+    with fsdp.full_model(model, plain, device) as whole:
+        if main:
+            state = {"optimizer": opt_state, "scheduler": scheduler.state_dict(), "rng": rngs[0],
+                     "rng_per_rank": rngs, "world_size": len(rngs), "global_batch": global_batch,
+                     "grad_accum": cfg.grad_accum, "parallel": "fsdp" if sharded else "ddp"}
+            tensors = {}
+            if ema_state is not None:
+                tensors["ema"] = ema_state
+            if disc is not None:
+                tensors["discriminator"] = disc.state_dict()
+                state.update(disc_optimizer=d_opt.state_dict(), disc_scheduler=d_sched.state_dict())
+            save_checkpoint(run_dir, step, whole, state, keep=cfg.keep_checkpoints, tensors=tensors)
+        distributed.barrier()
 
 
 def _resume(ckpt: Path, cfg: TrainConfig, model: PretrainedModel, optimizer, scheduler, ema: EMA | None,
-            disc: torch.nn.Module | None, d_opt, d_sched, global_batch: int, main: bool) -> int:
+            disc: torch.nn.Module | None, d_opt, d_sched, global_batch: int, main: bool, sharded: bool = False) -> int:
     """Restore everything from ``ckpt`` (every rank reads the same folder); returns the step to continue from.
-    Parts the checkpoint lacks (an older run without EMA or discriminator) start fresh, and the run says so."""
+    Parts the checkpoint lacks (an older run without EMA or discriminator) start fresh, and the run says so.
+    ``sharded``: the model is FSDP-sharded and already holds the checkpoint's weights."""
     say = print if main else (lambda *a, **k: None)
-    state = load_checkpoint(ckpt, model)
-    optimizer.load_state_dict(state["optimizer"])
+    state = load_checkpoint_state(ckpt) if sharded else load_checkpoint(ckpt, model)
+    # the optimizer state is keyed by parameter numbers (DDP runs) or names (FSDP runs); either resumes either way
+    opt_state, names = state["optimizer"], _param_names(model)
+    by_name = any(isinstance(k, str) for k in opt_state["state"]) or any(
+        isinstance(p, str) for g in opt_state["param_groups"] for p in g["params"])
+    if sharded:
+        fsdp.load_optimizer_state(model, optimizer, opt_state if by_name else _optimizer_by_name(opt_state, names))
+    else:
+        optimizer.load_state_dict(_optimizer_by_number(opt_state, names) if by_name else opt_state)
     scheduler.load_state_dict(state["scheduler"])
     start = int(state["step"])
     rank, world = distributed.rank(), distributed.world_size()

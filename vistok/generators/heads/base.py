@@ -23,6 +23,11 @@ class TokenHead(nn.Module):
 
     def __init__(self, spec: TokenSpec, dim: int) -> None:
         super().__init__()
+        # a head is registered under the TokenSpec kind it models (@register("head", kind))
+        registered = getattr(type(self), "registry_kind", None) == "head"
+        kind = type(self).registry_name if registered else None
+        if kind is not None and spec.kind != kind:
+            raise ConfigError(f"{type(self).__name__} takes a {kind!r} TokenSpec, got kind {spec.kind!r}")
         self.spec, self.dim = spec, dim
 
     def init_weights(self) -> None:

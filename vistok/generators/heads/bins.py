@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vistok.errors import ConfigError
 from vistok.generators.heads.base import TokenHead, pad_channel_logits
 from vistok.generators.heads.channel_ar import ChannelAR
 from vistok.generators.sampling import sample_logits
@@ -40,7 +41,7 @@ def dequantized_bin_values(num_bins: int, kind: str = "gaussian", std_range: flo
         edges = torch.linspace(-std_range, std_range, num_bins + 1, dtype=torch.float64)
         return ((edges[:-1] + edges[1:]) / 2).float()
     if kind != "gaussian":
-        raise ValueError(f"bin_values must be one of {BIN_VALUES}, got {kind!r}")
+        raise ConfigError(f"bin_values must be one of {BIN_VALUES}, got {kind!r}")
     normal = torch.distributions.Normal(torch.tensor(0.0, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64))
     q = torch.arange(num_bins + 1, dtype=torch.float64) / num_bins
     edges = normal.icdf(q.clamp(1e-12, 1 - 1e-12)).clamp(-std_range, std_range)  # Φ⁻¹(j/B), clamped
@@ -59,8 +60,6 @@ class BinsHead(TokenHead):
     def __init__(self, spec: TokenSpec, dim: int, head_width: int = 0, head_depth: int = 4, head_heads: int = 8,
                  order: str | list[int] = "tokenbridge", bin_values: str = "gaussian") -> None:
         super().__init__(spec, dim)
-        if spec.kind != "bins":
-            raise ValueError(f"BinsHead takes a 'bins' TokenSpec, got kind {spec.kind!r}")
         D, B = spec.channels, spec.vocab_sizes[0]
         if order == "tokenbridge":
             order = list(TOKENBRIDGE_ORDER_16) if D == 16 else list(range(D))

@@ -26,8 +26,6 @@ class BitsHead(TokenHead):
 
     def __init__(self, spec: TokenSpec, dim: int) -> None:
         super().__init__(spec, dim)
-        if spec.kind != "bits":
-            raise ValueError(f"BitsHead takes a 'bits' TokenSpec, got kind {spec.kind!r}")
         self.num_bits = spec.channels
         self.bit_embedding = nn.Linear(self.num_bits, dim, bias=False)
         self.output = nn.Linear(dim, self.num_bits, bias=False)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from vistok.errors import ConfigError
 from vistok.layers import RMSNorm, RoPE, TransformerBlock
 
 
@@ -30,9 +31,9 @@ class ChannelAR(nn.Module):
         C = len(vocab_sizes)
         order = list(range(C)) if order is None else [int(o) for o in order]
         if sorted(order) != list(range(C)):
-            raise ValueError(f"channel order must be a permutation of 0..{C - 1}, got {order}")
+            raise ConfigError(f"channel order must be a permutation of 0..{C - 1}, got {order}")
         if width % heads or (width // heads) % 2:
-            raise ValueError(f"channel transformer width {width} must split into {heads} heads of even size")
+            raise ConfigError(f"channel transformer width {width} must split into {heads} heads of even size")
         self.order, self.vocab_sizes = order, [int(v) for v in vocab_sizes]
         self.cond_proj = nn.Linear(in_dim, width, bias=False)
         # E_j embeds the token of the j-th predicted channel, the input that predicts channel j + 1

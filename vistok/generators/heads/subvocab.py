@@ -37,8 +37,6 @@ class SubvocabHead(TokenHead):
 
     def __init__(self, spec: TokenSpec, dim: int, factorized_layers: int = 2, factorized_heads: int = 0) -> None:
         super().__init__(spec, dim)
-        if spec.kind != "subvocab":
-            raise ValueError(f"SubvocabHead takes a 'subvocab' TokenSpec, got kind {spec.kind!r}")
         self.sizes = list(spec.vocab_sizes)
         self.tok_embeddings = nn.ModuleList(nn.Embedding(v, dim) for v in self.sizes)
         if factorized_layers > 0:

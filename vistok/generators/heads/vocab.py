@@ -19,8 +19,6 @@ class VocabHead(TokenHead):
 
     def __init__(self, spec: TokenSpec, dim: int) -> None:
         super().__init__(spec, dim)
-        if spec.kind != "vocab":
-            raise ValueError(f"VocabHead takes a 'vocab' TokenSpec, got kind {spec.kind!r}")
         vocab_size = spec.vocab_sizes[0]
         self.tok_embeddings = nn.Embedding(vocab_size, dim)  # names follow LlamaGen
         self.output = nn.Linear(dim, vocab_size, bias=False)
