@@ -67,8 +67,17 @@ def test_partitions_are_the_named_groups():
         [[0, 1, 2], [3, 4, 5]]
     with pytest.raises(ValueError, match="does not tile the 8×8"):
         build_entities(spec, {"name": "cell", "size": 3})
-    with pytest.raises(ValueError, match="unknown entity"):
+    with pytest.raises(ConfigError, match=r"unknown entity 'patch'; registered: \['cell', 'image', 'scale'"):
         build_entities(spec, "patch")
+    with pytest.raises(ConfigError, match=r"entity 'cell' got unknown options \['stride'\]"):
+        build_entities(spec, {"name": "cell", "stride": 2})
+    assert [len(e) for e in build_entities(spec, {})] == [1] * 64  # a dict without a name is "token"
+
+
+def test_every_registered_entity_is_tested():
+    from vistok.registry import list_names
+
+    assert list_names("entity") == sorted(e if isinstance(e, str) else e["name"] for e in ENTITIES)
 
 
 # ---- xAR's denoising transformer (entity_head "flow", the default) --------------------------------------------
