@@ -248,8 +248,11 @@ def test_flow_is_the_default_where_tokens_have_codes_and_options_are_checked():
         XAR(sub, num_classes=4, dim=32, depth=1, heads=2, entity_head="flow")
     model = XAR(spec, num_classes=4, size="gpt_tiny", heads=4, depth=1)
     assert (model.dim, model.depth, model.heads) == (256, 1, 4)  # a named size, explicit values winning
-    assert model.flow_steps == 50 and XAR(spec, num_classes=4, dim=32, depth=1, heads=2,
-                                          entity_head="flow_mlp").flow_steps == 25
+    mlp = XAR(spec, num_classes=4, dim=32, depth=1, heads=2, entity_head="flow_mlp", flow={"width": 16})
+    assert model.flow_steps == 50 and mlp.flow_steps == 25
+    assert isinstance(mlp.flow, FlowMatchingHead) and mlp.flow.input_proj.out_features == 16  # the registered head
+    with pytest.raises(ConfigError, match=r"entity_head 'flow_mlp' got unknown options \['widht'\]"):
+        XAR(spec, num_classes=4, dim=32, depth=1, heads=2, entity_head="flow_mlp", flow={"widht": 16})
     for bad, match in [({"window": 2}, "token-shuffle is not combined"), ({"flow": {"width": 8}}, "per-token head"),
                        ({"noisy_context": False}, "noised by construction"), ({"layout": "shift"}, "query-based"),
                        ({"entity_head": "mlp"}, "entity_head must be one of")]:
