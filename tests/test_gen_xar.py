@@ -67,8 +67,17 @@ def test_partitions_are_the_named_groups():
         [[0, 1, 2], [3, 4, 5]]
     with pytest.raises(ValueError, match="does not tile the 8×8"):
         build_entities(spec, {"name": "cell", "size": 3})
-    with pytest.raises(ValueError, match="unknown entity"):
+    with pytest.raises(ConfigError, match=r"unknown entity 'patch'; registered: \['cell', 'image', 'scale'"):
         build_entities(spec, "patch")
+    with pytest.raises(ConfigError, match=r"entity 'cell' got unknown options \['stride'\]"):
+        build_entities(spec, {"name": "cell", "stride": 2})
+    assert [len(e) for e in build_entities(spec, {})] == [1] * 64  # a dict without a name is "token"
+
+
+def test_every_registered_entity_is_tested():
+    from vistok.registry import list_names
+
+    assert list_names("entity") == sorted(e if isinstance(e, str) else e["name"] for e in ENTITIES)
 
 
 # ---- xAR's denoising transformer (entity_head "flow", the default) --------------------------------------------
@@ -239,8 +248,11 @@ def test_flow_is_the_default_where_tokens_have_codes_and_options_are_checked():
         XAR(sub, num_classes=4, dim=32, depth=1, heads=2, entity_head="flow")
     model = XAR(spec, num_classes=4, size="gpt_tiny", heads=4, depth=1)
     assert (model.dim, model.depth, model.heads) == (256, 1, 4)  # a named size, explicit values winning
-    assert model.flow_steps == 50 and XAR(spec, num_classes=4, dim=32, depth=1, heads=2,
-                                          entity_head="flow_mlp").flow_steps == 25
+    mlp = XAR(spec, num_classes=4, dim=32, depth=1, heads=2, entity_head="flow_mlp", flow={"width": 16})
+    assert model.flow_steps == 50 and mlp.flow_steps == 25
+    assert isinstance(mlp.flow, FlowMatchingHead) and mlp.flow.input_proj.out_features == 16  # the registered head
+    with pytest.raises(ConfigError, match=r"entity_head 'flow_mlp' got unknown options \['widht'\]"):
+        XAR(spec, num_classes=4, dim=32, depth=1, heads=2, entity_head="flow_mlp", flow={"widht": 16})
     for bad, match in [({"window": 2}, "token-shuffle is not combined"), ({"flow": {"width": 8}}, "per-token head"),
                        ({"noisy_context": False}, "noised by construction"), ({"layout": "shift"}, "query-based"),
                        ({"entity_head": "mlp"}, "entity_head must be one of")]:

@@ -12,6 +12,8 @@ partition lists the entities in generation order and covers every token exactly 
   resolution (h/s_k)×(w/s_k). Deviation: VAR/xAR's scales come from a multi-scale (residual) tokenizer; ours
   partitions one single-scale grid, so every token still belongs to exactly one entity.
 - ``image``: all tokens in one entity.
+
+Each partition is a function registered as ``entity`` (``vistok.registry``); ``build_entities`` builds one by name.
 """
 
 from __future__ import annotations
@@ -20,9 +22,8 @@ from typing import Any
 
 import torch
 
+from vistok.registry import build, register
 from vistok.spec import TokenSpec
-
-ENTITIES = ("token", "cell", "subsample", "scale", "image")
 
 
 def _grid(spec: TokenSpec, name: str) -> tuple[int, int]:
@@ -31,61 +32,75 @@ def _grid(spec: TokenSpec, name: str) -> tuple[int, int]:
     return spec.grid
 
 
+@register("entity", "token")
+def token_entities(spec: TokenSpec) -> list[torch.Tensor]:
+    """Every token alone, in raster order."""
+    return list(torch.arange(spec.length).view(-1, 1))
+
+
+@register("entity", "image")
+def image_entities(spec: TokenSpec) -> list[torch.Tensor]:
+    """All tokens in one entity."""
+    return [torch.arange(spec.length)]
+
+
+@register("entity", "cell")
+def cell_entities(spec: TokenSpec, size: int = 2) -> list[torch.Tensor]:
+    """size×size neighbouring tokens, cells in raster order (``size`` consecutive tokens for a ``seq`` layout)."""
+    k, L = int(size), spec.length
+    idx = torch.arange(L)
+    if spec.layout == "seq":
+        if L % k:
+            raise ValueError(f"entity cell size={k} does not divide the sequence length {L}")
+        return [idx[i:i + k] for i in range(0, L, k)]
+    h, w = spec.grid
+    if h % k or w % k:
+        raise ValueError(f"entity cell size={k} does not tile the {h}×{w} token grid; choose a size that "
+                         "divides both sides")
+    return list(idx.view(h // k, k, w // k, k).permute(0, 2, 1, 3).reshape(-1, k * k))
+
+
+@register("entity", "subsample")
+def subsample_entities(spec: TokenSpec, stride: int = 2) -> list[torch.Tensor]:
+    """stride² groups, each the token grid subsampled by ``stride`` at one phase, phases in raster order."""
+    s = int(stride)
+    h, w = _grid(spec, "subsample")
+    if h % s or w % s:
+        raise ValueError(f"entity subsample stride={s} does not tile the {h}×{w} token grid")
+    return list(torch.arange(spec.length).view(h // s, s, w // s, s).permute(1, 3, 0, 2).reshape(s * s, -1))
+
+
+@register("entity", "scale")
+def scale_entities(spec: TokenSpec, strides: list[int] | None = None) -> list[torch.Tensor]:
+    """Coarse to fine: entity k holds the stride-strides[k] lattice tokens not on a coarser one. ``strides``
+    decrease and end at 1; by default the powers of two below the grid's shorter side, down to 1."""
+    h, w = _grid(spec, "scale")
+    if strides is None:
+        top = 1
+        while top * 2 < min(h, w):
+            top *= 2
+        strides = [top >> i for i in range(top.bit_length())]
+    strides = [int(s) for s in strides]
+    if strides[-1] != 1 or any(a <= b for a, b in zip(strides, strides[1:])):
+        raise ValueError(f"scale strides must decrease and end at 1, got {strides}")
+    idx = torch.arange(spec.length)
+    rows, cols = idx // w, idx % w
+    seen = torch.zeros(spec.length, dtype=torch.bool)
+    parts = []
+    for s in strides:
+        on = (rows % s == 0) & (cols % s == 0) & ~seen
+        parts.append(idx[on])
+        seen |= on
+    return parts
+
+
 def build_entities(spec: TokenSpec, cfg: str | dict[str, Any] = "token") -> list[torch.Tensor]:
     """The partition named by ``cfg`` ("cell" or {"name": "cell", "size": 2}; "subsample" takes "stride",
-    "scale" takes optional "strides") as a list of LongTensors of raster token indices."""
-    cfg = {"name": cfg} if isinstance(cfg, str) else dict(cfg)
-    name = cfg.pop("name", "token")
-    L = spec.length
-    idx = torch.arange(L)
-    if name == "token":
-        parts = [idx[i:i + 1] for i in range(L)]
-    elif name == "image":
-        parts = [idx]
-    elif name == "cell":
-        k = int(cfg.pop("size", 2))
-        if spec.layout == "seq":
-            if L % k:
-                raise ValueError(f"entity cell size={k} does not divide the sequence length {L}")
-            parts = [idx[i:i + k] for i in range(0, L, k)]
-        else:
-            h, w = spec.grid
-            if h % k or w % k:
-                raise ValueError(f"entity cell size={k} does not tile the {h}×{w} token grid; choose a size that "
-                                 "divides both sides")
-            g = idx.view(h // k, k, w // k, k).permute(0, 2, 1, 3).reshape(-1, k * k)
-            parts = list(g)
-    elif name == "subsample":
-        s = int(cfg.pop("stride", 2))
-        h, w = _grid(spec, name)
-        if h % s or w % s:
-            raise ValueError(f"entity subsample stride={s} does not tile the {h}×{w} token grid")
-        g = idx.view(h // s, s, w // s, s).permute(1, 3, 0, 2).reshape(s * s, -1)
-        parts = list(g)
-    elif name == "scale":
-        h, w = _grid(spec, name)
-        strides = cfg.pop("strides", None)
-        if strides is None:
-            top = 1
-            while top * 2 < min(h, w):
-                top *= 2
-            strides = [top >> i for i in range(top.bit_length())]
-        strides = [int(s) for s in strides]
-        if strides[-1] != 1 or any(a <= b for a, b in zip(strides, strides[1:])):
-            raise ValueError(f"scale strides must decrease and end at 1, got {strides}")
-        rows, cols = idx // w, idx % w
-        seen = torch.zeros(L, dtype=torch.bool)
-        parts = []
-        for s in strides:
-            on = (rows % s == 0) & (cols % s == 0) & ~seen
-            parts.append(idx[on])
-            seen |= on
-    else:
-        raise ValueError(f"unknown entity {name!r}; choose one of {ENTITIES}")
-    if cfg:
-        raise ValueError(f"entity {name!r} got unknown options {sorted(cfg)}")
-    parts = [p.clone() for p in parts if len(p)]
-    check_partition(parts, L)
+    "scale" takes optional "strides"; a dict without "name" means "token") as a list of LongTensors of raster
+    token indices, built by the ``entity`` registry (unknown names and options raise ``ConfigError``)."""
+    cfg = {"name": cfg} if isinstance(cfg, str) else {"name": "token", **cfg}
+    parts = [p.clone() for p in build("entity", cfg, spec=spec) if len(p)]
+    check_partition(parts, spec.length)
     return parts
 
 

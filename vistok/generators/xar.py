@@ -98,7 +98,6 @@ from vistok.generators.entities import build_entities
 from vistok.generators.gpt import GPT, GeneratorOutput, _init_weights, rope_coords
 from vistok.generators.heads.bins import dequantized_bin_values
 from vistok.generators.heads.flow import (
-    FlowMatchingHead,
     TimestepEmbedder,
     euler_maruyama,
     logit_normal,
@@ -106,7 +105,7 @@ from vistok.generators.heads.flow import (
 )
 from vistok.generators.sampling import check_per_subtoken, guidance_plan, uses_guidance
 from vistok.layers import RMSNorm, TransformerBlock
-from vistok.registry import register
+from vistok.registry import build, register
 
 PREFIX, CONTENT, QUERY = 0, 1, 2
 ENTITY_HEADS = ("auto", "flow", "flow_mlp", "discrete")
@@ -143,7 +142,7 @@ def _xavier(module: nn.Module) -> None:
 class XAR(GPT):
     """entity: an entity name or ``{"name": "cell", "size": 2}`` (``entities.build_entities``);
     entity_head: "auto", "flow", "flow_mlp" or "discrete" (module docstring);
-    flow: options of ``FlowMatchingHead`` (width, depth, batch_mul) for flow_mlp;
+    flow: options of the flow_mlp head (registered ``entity_head``, ``FlowMatchingHead``: width, depth, batch_mul);
     flow_steps: sampling steps per entity (default 50 for flow, xAR's Euler–Maruyama; 25 Euler steps for flow_mlp);
     noisy_context: Noisy Context Learning for flow_mlp (the flow head's is built in);
     layout: "shift", "query" or "auto" for the query-based heads;
@@ -216,7 +215,7 @@ class XAR(GPT):
             self.time_proj = nn.Linear(256, dim, bias=False)
             self.content_proj.apply(_init_weights)
             self.time_proj.apply(_init_weights)
-            self.flow = FlowMatchingHead(code_dim, dim, **(flow or {}))
+            self.flow = build("entity_head", {**(flow or {}), "name": entity_head}, code_dim=code_dim, cond_dim=dim)
         elif flow:
             raise ValueError("flow options are given but entity_head is 'discrete'")
 
