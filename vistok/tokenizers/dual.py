@@ -10,9 +10,9 @@ Branches (TokenFlow ``vq_model.py``, scaled to CPU):
 - decoders: the pixel codes → 1×1 projection → conv decoder → image; the semantic codes → a small ViT (timm
   ``Block``s, patch size 1, learned positions) → ``Linear → Tanh → Linear`` back to the teacher's width.
 
-Losses (TokenFlow ``vq_loss.py`` defaults): pixel reconstruction (MSE, weight 1) through the pixel codes; semantic
-distillation ``mean_tokens(1 − cos(decoded semantic, teacher feature))`` (weight 1) toward the frozen teacher; the
-quantizer's codebook (1) and commitment (0.25) terms for both codebooks.
+Losses (TokenFlow ``vq_loss.py`` defaults): pixel reconstruction (``recon_loss``: MSE by default, or L1; weight 1)
+through the pixel codes; semantic distillation ``mean_tokens(1 − cos(decoded semantic, teacher feature))``
+(weight 1) toward the frozen teacher; the quantizer's codebook (1) and commitment (0.25) terms for both codebooks.
 
 Teachers (``teacher={...}``):
 - ``{"name": "fid_inception", "layer": "mixed_7"}`` (default, offline): the ImageNet-trained Inception-v3 that
@@ -48,7 +48,7 @@ from torch import nn
 from vistok.errors import ConfigError
 from vistok.registry import build, register
 from vistok.spec import TokenSpec
-from vistok.tokenizers.base import Tokenizer, TokenizerOutput
+from vistok.tokenizers.base import Tokenizer, TokenizerOutput, check_recon_loss, pixel_loss
 from vistok.tokenizers.conv_nets import Decoder, Encoder, conv_net_options
 
 # ---- teachers: (B, 3, H, W) images in [-1, 1] → (B, C, h, w) feature maps, frozen -----------------------------
@@ -195,7 +195,7 @@ class DualCodebookTokenizer(Tokenizer):
                  teacher: dict[str, Any] | None = None, semantic_hidden: int = 256, semantic_decoder_width: int = 128,
                  semantic_decoder_depth: int = 1, semantic_decoder_heads: int = 4,
                  quantizer: dict[str, Any] | None = None, recon_weight: float = 1.0, distill_weight: float = 1.0,
-                 pixel_distill_weight: float = 1.0, teacher_cache_size: int = 0) -> None:
+                 pixel_distill_weight: float = 1.0, teacher_cache_size: int = 0, recon_loss: str = "mse") -> None:
         super().__init__()
         quantizer = dict(quantizer or {"name": "dual", "codebook_size": 1024, "semantic_dim": 32, "pixel_dim": 8})
         if quantizer.get("name") != "dual":
@@ -203,7 +203,8 @@ class DualCodebookTokenizer(Tokenizer):
         self.resolution = resolution
         net, self.downsample = conv_net_options(resolution, channels, channel_mult, num_res_blocks, z_channels,
                                                 mid_attention, dropout)
-        self.recon_weight, self.distill_weight = recon_weight, distill_weight
+        self.recon_loss, self.recon_weight = check_recon_loss(recon_loss), recon_weight
+        self.distill_weight = distill_weight
         # Not a registered submodule: frozen, rebuilt from config, kept out of the saved weights and the optimizer.
         self.__dict__["teacher"] = build_teacher(teacher or {"name": "fid_inception"})
         self.teacher_cache_size = teacher_cache_size
@@ -329,7 +330,7 @@ class DualCodebookTokenizer(Tokenizer):
         recon = self._decode_pixels(q.quantized)
         semantic = self._decode_semantics(q.quantized)
         cosine = F.cosine_similarity(semantic, teacher_sem, dim=-1)
-        losses = {"recon": self.recon_weight * F.mse_loss(recon, images),
+        losses = {"recon": self.recon_weight * pixel_loss(recon, images, self.recon_loss),
                   "distill": self.distill_weight * (1 - cosine).mean(), **q.losses}
         stats = {**q.stats, "teacher_cosine": cosine.detach().mean()}
         if self.pixel_feature_out is not None:

@@ -1,0 +1,39 @@
+"""Options of the dual tokenizer shared with the other tokenizers: the pixel reconstruction loss (``recon_loss``)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import vistok
+from vistok.errors import ConfigError
+
+TINY = {"name": "dual", "resolution": 16, "channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1,
+        "z_channels": 8, "mid_attention": False, "teacher": {"name": "random", "dim": 8}, "semantic_hidden": 16,
+        "semantic_decoder_width": 16,
+        "quantizer": {"name": "dual", "codebook_size": 32, "semantic_dim": 4, "pixel_dim": 4}}
+
+
+def images(n=2):
+    return torch.rand(n, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+
+
+@pytest.mark.parametrize("name, loss", [("mse", F.mse_loss), ("l1", F.l1_loss)])
+def test_recon_loss_picks_the_pixel_term(name, loss):
+    torch.manual_seed(0)
+    tok = vistok.build("tokenizer", {**TINY, "recon_loss": name, "recon_weight": 0.5}).eval()
+    x = images()
+    out = tok(x)
+    assert torch.allclose(out.losses["recon"], 0.5 * loss(out.reconstruction, x))
+    other = F.l1_loss if name == "mse" else F.mse_loss
+    assert not torch.allclose(out.losses["recon"], 0.5 * other(out.reconstruction, x))
+
+
+def test_recon_loss_default_is_mse():
+    torch.manual_seed(0)
+    tok = vistok.build("tokenizer", TINY)
+    assert tok.recon_loss == "mse"
+
+
+def test_bad_recon_loss_is_a_config_error():
+    with pytest.raises(ConfigError, match="recon_loss"):
+        vistok.build("tokenizer", {**TINY, "recon_loss": "huber"})
