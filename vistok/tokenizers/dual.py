@@ -46,7 +46,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from vistok.errors import ConfigError
-from vistok.registry import build, register
+from vistok.registry import build, list_names, register
 from vistok.spec import TokenSpec
 from vistok.tokenizers.base import Tokenizer, TokenizerOutput, check_recon_loss, pixel_loss
 from vistok.tokenizers.conv_nets import Decoder, Encoder, conv_net_options
@@ -66,6 +66,7 @@ def fid_inception_path() -> Path:
     return path
 
 
+@register("teacher", "fid_inception")
 class FIDInceptionTeacher(nn.Module):
     """FID's Inception-v3 blocks up to ``layer`` (the deep, semantic target); ``pixel_layer`` names an earlier block
     whose output is the shallow target (DualToken's pixel branch). It takes [-1, 1] images (its own convention)."""
@@ -106,6 +107,7 @@ class FIDInceptionTeacher(nn.Module):
         return out
 
 
+@register("teacher", "timm")
 class TimmTeacher(nn.Module):
     """Any timm model with loadable pretrained weights, as a frozen feature extractor (``features_only``):
     feature level ``out_index`` is the semantic target, ``pixel_out_index`` (an earlier level) the pixel one."""
@@ -142,6 +144,7 @@ class TimmTeacher(nn.Module):
         return out
 
 
+@register("teacher", "random")
 class RandomTeacher(nn.Module):
     """A tiny seeded random conv net (tests): deterministic from its seed, so save/load rebuilds it exactly.
     ``depth`` 3×3 conv layers; layer ``layer`` (1-based, default the last) is the semantic target and
@@ -173,13 +176,12 @@ class RandomTeacher(nn.Module):
 
 
 def build_teacher(cfg: dict[str, Any]) -> nn.Module:
-    cfg = dict(cfg)
-    name = cfg.pop("name", None)
-    builders = {"fid_inception": FIDInceptionTeacher, "timm": TimmTeacher, "random": RandomTeacher}
-    if name not in builders:
-        raise ConfigError(f"dual tokenizer: teacher name must be one of {sorted(builders)}, got {name!r}")
+    """A frozen teacher from its config section ``{"name": ..., **options}`` (registry kind ``teacher``)."""
+    name = dict(cfg).get("name")
+    if name not in list_names("teacher"):
+        raise ConfigError(f"dual tokenizer: teacher name must be one of {list_names('teacher')}, got {name!r}")
     try:
-        teacher = builders[name](**cfg)
+        teacher = build("teacher", cfg)
     except TypeError as e:
         raise ConfigError(f"dual tokenizer: bad options for teacher {name!r}: {e}") from e
     return teacher.eval().requires_grad_(False)
