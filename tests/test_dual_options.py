@@ -1,4 +1,5 @@
-"""Options of the dual tokenizer shared with the other tokenizers: the pixel reconstruction loss (``recon_loss``)."""
+"""What the dual tokenizer shares with the other tokenizers: the pixel reconstruction loss (``recon_loss``) and the
+:class:`GridTokenizer` grid, TokenSpec and reshapes."""
 
 import pytest
 import torch
@@ -6,6 +7,8 @@ import torch.nn.functional as F
 
 import vistok
 from vistok.errors import ConfigError
+from vistok.spec import TokenSpec
+from vistok.tokenizers.base import GridTokenizer
 
 TINY = {"name": "dual", "resolution": 16, "channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1,
         "z_channels": 8, "mid_attention": False, "teacher": {"name": "random", "dim": 8}, "semantic_hidden": 16,
@@ -37,3 +40,24 @@ def test_recon_loss_default_is_mse():
 def test_bad_recon_loss_is_a_config_error():
     with pytest.raises(ConfigError, match="recon_loss"):
         vistok.build("tokenizer", {**TINY, "recon_loss": "huber"})
+
+
+SEPARATE = {"name": "dual", "index": "separate", "semantic_codebook_size": 8, "pixel_codebook_size": 32,
+            "semantic_dim": 4, "pixel_dim": 4}
+
+
+@pytest.mark.parametrize("quantizer, expected", [
+    # TokenFlow's shared index: one vocabulary of K per position
+    (TINY["quantizer"], TokenSpec.vocab(32, grid=(8, 8), code_dim=8)),
+    # DualToken's separate indices: (semantic, pixel) sub-vocabularies of their own sizes
+    (SEPARATE, TokenSpec.subvocab([8, 32], grid=(8, 8), code_dim=8))])
+def test_grid_tokenizer_spec_is_the_dual_spec_in_both_index_modes(quantizer, expected):
+    torch.manual_seed(0)
+    tok = vistok.build("tokenizer", {**TINY, "quantizer": quantizer}).eval()
+    assert isinstance(tok, GridTokenizer) and tok.grid == (8, 8)
+    assert tok.token_spec == expected
+    x = images()
+    tokens = tok.encode(x)
+    tok.token_spec.validate(tokens)
+    assert tuple(tokens.shape) == (2, *expected.token_shape)
+    assert tok.decode(tokens).shape == x.shape

@@ -41,14 +41,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from timm.models.vision_transformer import Block
 from torch import nn
 
 from vistok.errors import ConfigError
 from vistok.registry import build, list_names, register
-from vistok.spec import TokenSpec
-from vistok.tokenizers.base import Tokenizer, TokenizerOutput, check_recon_loss, pixel_loss
+from vistok.tokenizers.base import GridTokenizer, TokenizerOutput, check_recon_loss, pixel_loss
 from vistok.tokenizers.conv_nets import Decoder, Encoder, conv_net_options
 
 # ---- teachers: (B, 3, H, W) images in [-1, 1] → (B, C, h, w) feature maps, frozen -----------------------------
@@ -191,7 +189,10 @@ def build_teacher(cfg: dict[str, Any]) -> nn.Module:
 
 
 @register("tokenizer", "dual")
-class DualCodebookTokenizer(Tokenizer):
+class DualCodebookTokenizer(GridTokenizer):
+    """The grid and TokenSpec come from :class:`GridTokenizer`: a ``vocab`` of K (TokenFlow's shared index) or a
+    ``subvocab`` of (K_sem, K_pix) (DualToken's separate indices, the quantizer's ``kind``)."""
+
     def __init__(self, resolution: int = 256, channels: int = 128, channel_mult: list[int] = (1, 1, 2, 2, 4),
                  num_res_blocks: int = 2, z_channels: int = 256, mid_attention: bool = True, dropout: float = 0.0,
                  teacher: dict[str, Any] | None = None, semantic_hidden: int = 256, semantic_decoder_width: int = 128,
@@ -237,18 +238,6 @@ class DualCodebookTokenizer(Tokenizer):
             nn.Linear(pix_dim, semantic_hidden), nn.Tanh(), nn.Linear(semantic_hidden, pixel_teacher_dim))
 
     @property
-    def grid(self) -> tuple[int, int]:
-        side = self.resolution // self.downsample
-        return side, side
-
-    @property
-    def token_spec(self) -> TokenSpec:
-        q = self.quantizer
-        if q.kind == "subvocab":  # DualToken: (semantic index, pixel index) per position
-            return TokenSpec.subvocab(q.codebook_sizes, grid=self.grid, code_dim=q.code_dim)
-        return TokenSpec.vocab(q.codebook_sizes[0], grid=self.grid, code_dim=q.code_dim)
-
-    @property
     def last_layer(self) -> torch.Tensor:
         """The decoder's last weight (VQGAN's adaptive GAN weight compares gradient norms here)."""
         return self.pixel_decoder.conv_out.weight
@@ -275,7 +264,7 @@ class DualCodebookTokenizer(Tokenizer):
         feats = self.teacher(images.float(), self.grid)
         parts = [feats["semantic"]] + ([feats["pixel"]] if "pixel" in feats else [])
         # shallow layers are finer than the token grid: average-pooled to it, as the deep one is
-        pooled = [rearrange(F.adaptive_avg_pool2d(f, self.grid), "b c h w -> b (h w) c") for f in parts]
+        pooled = [self.to_sequence(F.adaptive_avg_pool2d(f, self.grid)) for f in parts]
         return torch.cat(pooled, dim=-1)
 
     def _split_teacher(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -286,13 +275,12 @@ class DualCodebookTokenizer(Tokenizer):
         """(concatenated semantic|pixel latents (B, N, D), teacher features (B, N, C))."""
         self.check_images(images)
         teacher = self.teacher_features(images)
-        pixel = rearrange(self.pixel_proj(self.pixel_encoder(images)), "b d h w -> b (h w) d")
+        pixel = self.to_sequence(self.pixel_proj(self.pixel_encoder(images)))
         return torch.cat([self.semantic_proj(self._split_teacher(teacher)[0]), pixel], dim=-1), teacher
 
     def _decode_pixels(self, codes: torch.Tensor) -> torch.Tensor:
-        h, w = self.grid
         pixel = codes[..., self.quantizer.semantic_dim:]
-        return self.pixel_decoder(self.post_quant_proj(rearrange(pixel, "b (h w) d -> b d h w", h=h, w=w)))
+        return self.pixel_decoder(self.post_quant_proj(self.to_grid(pixel)))
 
     def _decode_semantics(self, codes: torch.Tensor) -> torch.Tensor:
         x = self.semantic_in(codes[..., : self.quantizer.semantic_dim]) + self.semantic_pos
