@@ -61,3 +61,16 @@ def test_grid_tokenizer_spec_is_the_dual_spec_in_both_index_modes(quantizer, exp
     tok.token_spec.validate(tokens)
     assert tuple(tokens.shape) == (2, *expected.token_shape)
     assert tok.decode(tokens).shape == x.shape
+
+
+def test_separate_usage_is_the_mean_of_the_two_sub_vocabularies():
+    from vistok.quantizers.dual import DualCodebookQuantizer
+
+    torch.manual_seed(0)
+    q = DualCodebookQuantizer(index="separate", semantic_codebook_size=8, pixel_codebook_size=32, semantic_dim=6,
+                              pixel_dim=4)
+    out = q(torch.randn(3, 50, 10))
+    sem, pix = out.indices[..., 0], out.indices[..., 1]
+    assert torch.isclose(out.stats["usage"], torch.tensor((sem.unique().numel() / 8 + pix.unique().numel() / 32) / 2))
+    for name in ("usage", "perplexity"):
+        assert torch.equal(out.stats[name], (out.stats[f"semantic_{name}"] + out.stats[f"pixel_{name}"]) / 2)
