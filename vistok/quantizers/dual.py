@@ -42,7 +42,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from vistok.errors import ConfigError
-from vistok.quantizers.base import Quantizer, QuantizerOutput, usage_stats
+from vistok.metrics.codebook import usage_stats
+from vistok.quantizers.base import Quantizer, QuantizerOutput
 from vistok.quantizers.vq import VectorQuantizer, broadcast_from_rank0, kmeans
 from vistok.registry import register
 from vistok.training import distributed
@@ -159,11 +160,11 @@ class DualCodebookQuantizer(Quantizer):
         outs = {"semantic": self.semantic_vq(sem), "pixel": self.pixel_vq(pix)}
         losses = {f"{branch}_{name}": v for branch, out in outs.items() for name, v in out.losses.items()}
         stats = {f"{branch}_{name}": v for branch, out in outs.items() for name, v in out.stats.items()}
+        indices = torch.stack([outs["semantic"].indices, outs["pixel"].indices], dim=-1)
         # the family's usage/perplexity: averaged over the two sub-vocabularies (one histogram each, never mixed)
-        stats["usage"] = (stats["semantic_usage"] + stats["pixel_usage"]) / 2
-        stats["perplexity"] = (stats["semantic_perplexity"] + stats["pixel_perplexity"]) / 2
-        return QuantizerOutput(torch.cat([outs["semantic"].quantized, outs["pixel"].quantized], dim=-1),
-                               torch.stack([outs["semantic"].indices, outs["pixel"].indices], dim=-1), losses, stats)
+        stats.update(usage_stats(indices.detach(), self.codebook_sizes))
+        return QuantizerOutput(torch.cat([outs["semantic"].quantized, outs["pixel"].quantized], dim=-1), indices,
+                               losses, stats)
 
     # ---- codebook health of the shared index (the separate mode's lives in its two VectorQuantizers) -----------
     @torch.no_grad()

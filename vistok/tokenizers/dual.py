@@ -10,9 +10,9 @@ Branches (TokenFlow ``vq_model.py``, scaled to CPU):
 - decoders: the pixel codes → 1×1 projection → conv decoder → image; the semantic codes → a small ViT (timm
   ``Block``s, patch size 1, learned positions) → ``Linear → Tanh → Linear`` back to the teacher's width.
 
-Losses (TokenFlow ``vq_loss.py`` defaults): pixel reconstruction (MSE, weight 1) through the pixel codes; semantic
-distillation ``mean_tokens(1 − cos(decoded semantic, teacher feature))`` (weight 1) toward the frozen teacher; the
-quantizer's codebook (1) and commitment (0.25) terms for both codebooks.
+Losses (TokenFlow ``vq_loss.py`` defaults): pixel reconstruction (``recon_loss``: MSE by default, or L1; weight 1)
+through the pixel codes; semantic distillation ``mean_tokens(1 − cos(decoded semantic, teacher feature))``
+(weight 1) toward the frozen teacher; the quantizer's codebook (1) and commitment (0.25) terms for both codebooks.
 
 Teachers (``teacher={...}``):
 - ``{"name": "fid_inception", "layer": "mixed_7"}`` (default, offline): the ImageNet-trained Inception-v3 that
@@ -41,14 +41,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from timm.models.vision_transformer import Block
 from torch import nn
 
 from vistok.errors import ConfigError
-from vistok.registry import build, register
-from vistok.spec import TokenSpec
-from vistok.tokenizers.base import Tokenizer, TokenizerOutput
+from vistok.registry import build, list_names, register
+from vistok.tokenizers.base import GridTokenizer, TokenizerOutput, check_recon_loss, pixel_loss
 from vistok.tokenizers.conv_nets import Decoder, Encoder, conv_net_options
 
 # ---- teachers: (B, 3, H, W) images in [-1, 1] → (B, C, h, w) feature maps, frozen -----------------------------
@@ -66,6 +64,7 @@ def fid_inception_path() -> Path:
     return path
 
 
+@register("teacher", "fid_inception")
 class FIDInceptionTeacher(nn.Module):
     """FID's Inception-v3 blocks up to ``layer`` (the deep, semantic target); ``pixel_layer`` names an earlier block
     whose output is the shallow target (DualToken's pixel branch). It takes [-1, 1] images (its own convention)."""
@@ -106,6 +105,7 @@ class FIDInceptionTeacher(nn.Module):
         return out
 
 
+@register("teacher", "timm")
 class TimmTeacher(nn.Module):
     """Any timm model with loadable pretrained weights, as a frozen feature extractor (``features_only``):
     feature level ``out_index`` is the semantic target, ``pixel_out_index`` (an earlier level) the pixel one."""
@@ -142,6 +142,7 @@ class TimmTeacher(nn.Module):
         return out
 
 
+@register("teacher", "random")
 class RandomTeacher(nn.Module):
     """A tiny seeded random conv net (tests): deterministic from its seed, so save/load rebuilds it exactly.
     ``depth`` 3×3 conv layers; layer ``layer`` (1-based, default the last) is the semantic target and
@@ -173,13 +174,12 @@ class RandomTeacher(nn.Module):
 
 
 def build_teacher(cfg: dict[str, Any]) -> nn.Module:
-    cfg = dict(cfg)
-    name = cfg.pop("name", None)
-    builders = {"fid_inception": FIDInceptionTeacher, "timm": TimmTeacher, "random": RandomTeacher}
-    if name not in builders:
-        raise ConfigError(f"dual tokenizer: teacher name must be one of {sorted(builders)}, got {name!r}")
+    """A frozen teacher from its config section ``{"name": ..., **options}`` (registry kind ``teacher``)."""
+    name = dict(cfg).get("name")
+    if name not in list_names("teacher"):
+        raise ConfigError(f"dual tokenizer: teacher name must be one of {list_names('teacher')}, got {name!r}")
     try:
-        teacher = builders[name](**cfg)
+        teacher = build("teacher", cfg)
     except TypeError as e:
         raise ConfigError(f"dual tokenizer: bad options for teacher {name!r}: {e}") from e
     return teacher.eval().requires_grad_(False)
@@ -189,13 +189,16 @@ def build_teacher(cfg: dict[str, Any]) -> nn.Module:
 
 
 @register("tokenizer", "dual")
-class DualCodebookTokenizer(Tokenizer):
+class DualCodebookTokenizer(GridTokenizer):
+    """The grid and TokenSpec come from :class:`GridTokenizer`: a ``vocab`` of K (TokenFlow's shared index) or a
+    ``subvocab`` of (K_sem, K_pix) (DualToken's separate indices, the quantizer's ``kind``)."""
+
     def __init__(self, resolution: int = 256, channels: int = 128, channel_mult: list[int] = (1, 1, 2, 2, 4),
                  num_res_blocks: int = 2, z_channels: int = 256, mid_attention: bool = True, dropout: float = 0.0,
                  teacher: dict[str, Any] | None = None, semantic_hidden: int = 256, semantic_decoder_width: int = 128,
                  semantic_decoder_depth: int = 1, semantic_decoder_heads: int = 4,
                  quantizer: dict[str, Any] | None = None, recon_weight: float = 1.0, distill_weight: float = 1.0,
-                 pixel_distill_weight: float = 1.0, teacher_cache_size: int = 0) -> None:
+                 pixel_distill_weight: float = 1.0, teacher_cache_size: int = 0, recon_loss: str = "mse") -> None:
         super().__init__()
         quantizer = dict(quantizer or {"name": "dual", "codebook_size": 1024, "semantic_dim": 32, "pixel_dim": 8})
         if quantizer.get("name") != "dual":
@@ -203,7 +206,8 @@ class DualCodebookTokenizer(Tokenizer):
         self.resolution = resolution
         net, self.downsample = conv_net_options(resolution, channels, channel_mult, num_res_blocks, z_channels,
                                                 mid_attention, dropout)
-        self.recon_weight, self.distill_weight = recon_weight, distill_weight
+        self.recon_loss, self.recon_weight = check_recon_loss(recon_loss), recon_weight
+        self.distill_weight = distill_weight
         # Not a registered submodule: frozen, rebuilt from config, kept out of the saved weights and the optimizer.
         self.__dict__["teacher"] = build_teacher(teacher or {"name": "fid_inception"})
         self.teacher_cache_size = teacher_cache_size
@@ -234,18 +238,6 @@ class DualCodebookTokenizer(Tokenizer):
             nn.Linear(pix_dim, semantic_hidden), nn.Tanh(), nn.Linear(semantic_hidden, pixel_teacher_dim))
 
     @property
-    def grid(self) -> tuple[int, int]:
-        side = self.resolution // self.downsample
-        return side, side
-
-    @property
-    def token_spec(self) -> TokenSpec:
-        q = self.quantizer
-        if q.kind == "subvocab":  # DualToken: (semantic index, pixel index) per position
-            return TokenSpec.subvocab(q.codebook_sizes, grid=self.grid, code_dim=q.code_dim)
-        return TokenSpec.vocab(q.codebook_sizes[0], grid=self.grid, code_dim=q.code_dim)
-
-    @property
     def last_layer(self) -> torch.Tensor:
         """The decoder's last weight (VQGAN's adaptive GAN weight compares gradient norms here)."""
         return self.pixel_decoder.conv_out.weight
@@ -272,7 +264,7 @@ class DualCodebookTokenizer(Tokenizer):
         feats = self.teacher(images.float(), self.grid)
         parts = [feats["semantic"]] + ([feats["pixel"]] if "pixel" in feats else [])
         # shallow layers are finer than the token grid: average-pooled to it, as the deep one is
-        pooled = [rearrange(F.adaptive_avg_pool2d(f, self.grid), "b c h w -> b (h w) c") for f in parts]
+        pooled = [self.to_sequence(F.adaptive_avg_pool2d(f, self.grid)) for f in parts]
         return torch.cat(pooled, dim=-1)
 
     def _split_teacher(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -283,13 +275,12 @@ class DualCodebookTokenizer(Tokenizer):
         """(concatenated semantic|pixel latents (B, N, D), teacher features (B, N, C))."""
         self.check_images(images)
         teacher = self.teacher_features(images)
-        pixel = rearrange(self.pixel_proj(self.pixel_encoder(images)), "b d h w -> b (h w) d")
+        pixel = self.to_sequence(self.pixel_proj(self.pixel_encoder(images)))
         return torch.cat([self.semantic_proj(self._split_teacher(teacher)[0]), pixel], dim=-1), teacher
 
     def _decode_pixels(self, codes: torch.Tensor) -> torch.Tensor:
-        h, w = self.grid
         pixel = codes[..., self.quantizer.semantic_dim:]
-        return self.pixel_decoder(self.post_quant_proj(rearrange(pixel, "b (h w) d -> b d h w", h=h, w=w)))
+        return self.pixel_decoder(self.post_quant_proj(self.to_grid(pixel)))
 
     def _decode_semantics(self, codes: torch.Tensor) -> torch.Tensor:
         x = self.semantic_in(codes[..., : self.quantizer.semantic_dim]) + self.semantic_pos
@@ -329,7 +320,7 @@ class DualCodebookTokenizer(Tokenizer):
         recon = self._decode_pixels(q.quantized)
         semantic = self._decode_semantics(q.quantized)
         cosine = F.cosine_similarity(semantic, teacher_sem, dim=-1)
-        losses = {"recon": self.recon_weight * F.mse_loss(recon, images),
+        losses = {"recon": self.recon_weight * pixel_loss(recon, images, self.recon_loss),
                   "distill": self.distill_weight * (1 - cosine).mean(), **q.losses}
         stats = {**q.stats, "teacher_cosine": cosine.detach().mean()}
         if self.pixel_feature_out is not None:
