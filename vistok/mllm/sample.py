@@ -37,8 +37,7 @@ def sample_mllm(model_dir: str | Path, prompts: list[str], out_dir: str | Path, 
                 progress: bool = True) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
-    from vistok.data.imageio import save_grid, save_image
-    from vistok.generate import slug
+    from vistok.generate import save_prompt_images
 
     if any(isinstance(v, list) for v in (cfg_scale, temperature, top_k, top_p)):
         raise ConfigError("an MLLM takes one --cfg-scale/--temperature/--top-k/--top-p value, not one per sub-token")
@@ -60,15 +59,8 @@ def sample_mllm(model_dir: str | Path, prompts: list[str], out_dir: str | Path, 
             n = min(batch_size, num_per_prompt - start)
             images.append(model.generate_images([prompt] * n, cfg_scale=cfg_scale, temperature=temperature,
                                                 top_k=top_k, top_p=top_p, seed=rng, num_tokens=num_tokens).cpu())
-        images = torch.cat(images)
-        stem = f"{p:03d}_{slug(prompt)}"
-        files = []
-        for k, image in enumerate(images):
-            path = out_dir / stem / f"{k:03d}.png"
-            save_image(image, path)
-            files.append(str(path.relative_to(out_dir)))
-        save_grid(images, out_dir / f"{stem}_grid.png")
-        manifest["prompts"].append({"prompt": prompt, "class_index": None, "class_name": None, "files": files,
-                                    "grid": f"{stem}_grid.png", "seed": seed * 1_000_003 + p})
+        saved = save_prompt_images(torch.cat(images), out_dir, p, prompt)
+        manifest["prompts"].append({"prompt": prompt, "class_index": None, "class_name": None, **saved,
+                                    "seed": seed * 1_000_003 + p})
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest
