@@ -32,3 +32,13 @@ def test_readme_from_python_block_runs(tmp_path, monkeypatch):
         exec(compile(block, "README.md", "exec"), namespace)
         assert namespace["images"].shape == (2, 3, 32, 32)
         assert namespace["tokens"].shape == (2, *tok.token_spec.token_shape)
+
+
+def test_readme_tokenizer_folders_are_written_by_a_config():
+    """Every ``tokenizer=runs/<name>`` in the README is the run_dir of a tokenizer config (or the demo's)."""
+    from omegaconf import OmegaConf
+
+    run_dirs = {str(OmegaConf.load(p).get("run_dir")) for p in (ROOT / "configs").rglob("*.yaml")}
+    named = set(re.findall(r"tokenizer=(runs/[\w/]+)", (ROOT / "README.md").read_text()))
+    assert named, "the README names no tokenizer folder"
+    assert not named - run_dirs - {"runs/demo/tokenizer"}, sorted(named - run_dirs)
