@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from vistok.errors import ConfigError
-from vistok.training.config import EvalConfig, SampleConfig, TrainConfig
+from vistok.training.config import EvalConfig, SampleConfig, TrainConfig, merge_yaml_and_overrides
 
 
 @dataclass
@@ -80,15 +80,7 @@ def yaml_stage(path: str | Path | None) -> str | None:
 
 
 def load_mllm_config(path: str | Path, overrides: list[str] | None = None) -> DictConfig:
-    cfg = OmegaConf.structured(MLLMRunConfig)
-    try:
-        cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"{path}: {str(e).strip().splitlines()[0]}") from e
-    try:
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides or [])))
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"bad override in {overrides}: {str(e).strip().splitlines()[0]}") from e
+    cfg = merge_yaml_and_overrides(OmegaConf.structured(MLLMRunConfig), path, overrides)
     if not cfg.tokenizer:
         raise ConfigError("stage 'mllm' needs tokenizer=<folder of a trained vistok tokenizer>")
     if cfg.answer not in ("class", "caption") or cfg.prompt not in ("class", "caption"):

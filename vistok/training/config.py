@@ -126,19 +126,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
     if yaml_stage(path) == "mllm":  # the LLM plug-in's stage has its own schema (vistok/mllm/config.py)
         return load_mllm_config(path, overrides)
-    cfg = OmegaConf.structured(RunConfig)
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} not found")
-        try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
-        except OmegaConfBaseException as e:
-            raise ConfigError(f"{path}: {_first_line(e)}") from e
-    try:
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides or [])))
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"bad override in {overrides}: {_first_line(e)}") from e
+    cfg = merge_yaml_and_overrides(OmegaConf.structured(RunConfig), path, overrides)
     if cfg.stage not in ("tokenizer", "generator"):
         raise ConfigError(f"stage must be 'tokenizer' or 'generator', got {cfg.stage!r}")
     if cfg.stage == "generator" and not cfg.tokenizer:
@@ -161,6 +149,23 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def to_container(section: Any) -> Any:
     return OmegaConf.to_container(section, resolve=True) if isinstance(section, DictConfig) else section
+
+
+def merge_yaml_and_overrides(schema: DictConfig, path: str | Path | None, overrides: list[str] | None) -> DictConfig:
+    """``schema`` ← YAML file ← ``key=value`` overrides; a ConfigError names the file or override at fault."""
+    cfg = schema
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} not found")
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"{path}: {_first_line(e)}") from e
+    try:
+        return OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides or [])))
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"bad override in {overrides}: {_first_line(e)}") from e
 
 
 def _first_line(e: Exception) -> str:
