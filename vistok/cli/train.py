@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import sys
+from pathlib import Path
 
 from vistok.errors import VistokError
 from vistok.training.config import load_config
@@ -36,9 +38,21 @@ def main(argv: list[str] | None = None, prog: str = "train.py") -> int:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 speaks
-        print(f"saved to {cfg.run_dir}")
+        seconds = record_cpu_seconds(Path(cfg.run_dir), resumed=args.resume)
+        print(f"saved to {cfg.run_dir} ({seconds:.0f} CPU-seconds in all)")
     return 0
 
+
+def record_cpu_seconds(run_dir: Path, resumed: bool) -> float:
+    """Add this process's CPU time (every thread, and finished data-loader workers) to ``<run_dir>/cpu_seconds``:
+    the training budget of the run, resumed parts included, that benchmarks compare runs by."""
+    used = sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+               for f in ("ru_utime", "ru_stime"))
+    path = run_dir / "cpu_seconds"
+    if resumed and path.is_file():
+        used += float(path.read_text())
+    path.write_text(f"{used:.1f}\n")
+    return used
 
 
 def console() -> None:

@@ -42,7 +42,8 @@ class Objectives:
 class MLLMEval:
     understanding_images: int = 64  # held-out images answered per evaluation
     text_chunks: int = 16  # held-out text chunks for the perplexity check
-    generation_images: int = 0  # images generated per evaluation for the shapes judge (0: off)
+    generation_images: int = 0  # images generated per evaluation and scored by the shapes judge (0: off; shapes only)
+    judge_steps: int = 1000  # training steps of that judge (on real shapes, once per run)
 
 
 @dataclass
@@ -61,6 +62,8 @@ class MLLMRunConfig:
     chat_template: bool = True
     system_prompt: str | None = None  # None: the template's default system turn
     question: str = "What is in this image?"
+    text_chars: int = 400  # length of the text objective's chunks (~4 characters per token): rows of a batch pad
+    # to its longest item, so chunks much longer than the image sequences multiply a step's cost
     answer: str = "class"  # class: "a red circle" (shapes) / the class name | caption: the full caption
     prompt: str = "caption"  # generation prompts: caption | class
     train: TrainConfig = field(default_factory=TrainConfig)

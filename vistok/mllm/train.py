@@ -20,11 +20,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from vistok.data import build_dataset
+from vistok.data.shapes import COLORS, SHAPES
 from vistok.data.token_cache import build_token_cache
 from vistok.errors import ConfigError
 from vistok.hub import load_pretrained
 from vistok.mllm.data import MLLMDataset, stdlib_text
-from vistok.mllm.evaluation import article, perplexity, understanding_accuracy
+from vistok.mllm.evaluation import article, generate_for_prompts, perplexity, understanding_accuracy
 from vistok.mllm.model import MLLM
 from vistok.training.checkpoint import latest_checkpoint
 from vistok.training.config import to_container
@@ -50,6 +51,11 @@ class MLLMTask:
         self.held_out_text = held_out_text
         self.sample_prompts = (eval_targets * 8)[: max(1, int(cfg.sample.num_images))]
         self.last_metrics: dict[str, float] = {}
+        self.judge = None
+        n = int(cfg.mllm_eval.generation_images)
+        if n and shapes:  # "a <color> <shape>" prompts in turn, scored by a judge trained on real shapes only
+            self.gen_prompts = [article(f"{c} {s}") for s in SHAPES for c in COLORS] * (n // 24 + 1)
+            self.gen_prompts = self.gen_prompts[:n]
 
     def training_step(self, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
         used = int(batch["attention_mask"].any(0).nonzero().max()) + 1  # drop padding columns no row uses
@@ -65,12 +71,30 @@ class MLLMTask:
                                             top_k=s.top_k, top_p=s.top_p, seed=self.cfg.train.seed)
         save_grid(images.cpu(), path)
 
+    def generation_accuracy(self) -> dict[str, float]:
+        from vistok.data.judge import judge_accuracy, train_judge
+
+        if self.judge is None:
+            self.judge, held = train_judge(self.model.image_tokenizer.resolution,
+                                           steps=int(self.cfg.mllm_eval.judge_steps), progress=False)
+            self.judge_held_out = held
+        s = self.cfg.sample
+        images = generate_for_prompts(self.model, self.gen_prompts, batch_size=8, seed=self.cfg.train.seed,
+                                      cfg_scale=s.cfg_scale, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)
+        shape_idx = [SHAPES.index(p.split()[-1]) for p in self.gen_prompts]
+        color_idx = [list(COLORS).index(p.split()[-2]) for p in self.gen_prompts]
+        acc = judge_accuracy(self.judge, images, shape_idx, color_idx)
+        return {"generation_acc": acc["both"], "generation_shape": acc["shape"], "generation_color": acc["color"],
+                "judge_held_out_acc": self.judge_held_out["both"]}
+
     def evaluate(self, step: int) -> dict[str, float]:
         metrics: dict[str, float] = {}
         if len(self.eval_images):
             und = understanding_accuracy(self.model, self.eval_images, self.eval_targets, self.cfg.question,
                                          self.shapes)
             metrics["understanding_acc"] = und["accuracy"]
+        if int(self.cfg.mllm_eval.generation_images) and self.shapes:
+            metrics.update(self.generation_accuracy())
         if self.held_out_text:
             metrics["text_ppl"] = perplexity(self.model, self.held_out_text)
         self.last_metrics = metrics
@@ -113,7 +137,7 @@ def run_mllm(cfg: DictConfig, *, resume: bool = False, overwrite: bool = False, 
     prompts = texts_for(dataset, cache.labels, cache.captions, cfg.prompt)
     o = cfg.objectives
     objectives = {"understanding": o.understanding, "generation": o.generation, "text": o.text}
-    train_text = stdlib_text("train") if o.text > 0 else None
+    train_text = stdlib_text("train", chunk_chars=int(cfg.text_chars)) if o.text > 0 else None
     train_set = MLLMDataset(model.builder, cache.tokens.long(), prompts, answers, objectives,
                             prompt_dropout=cfg.prompt_dropout, seed=cfg.train.seed, texts=train_text,
                             question=cfg.question)
