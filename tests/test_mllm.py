@@ -35,8 +35,10 @@ TOKENIZERS = {  # kind / layout -> a tiny random tokenizer config
 CASES = [("vocab", "vocabulary", {}), ("vocab", "adapter", {}), ("subvocab", "adapter", {}), ("bits", "adapter", {}),
          ("bins", "adapter", {"bridge": {"name": "adapter", "head": {"head_depth": 1, "head_heads": 2}}}),
          ("seq_prefix", "vocabulary", {}), ("seq_prefix", "adapter", {}), ("dual", "vocabulary", {}),
-         ("dual", "adapter", {"features": "semantic"})]
-IDS = [f"{t}-{b}" for t, b, _ in CASES]
+         ("dual", "adapter", {"features": "semantic"}),
+         ("vocab", "adapter", {"bridge": {"name": "adapter", "window": 2}}),  # Token-Shuffle: 2×2 tokens per slot
+         ("bits", "adapter", {"bridge": {"name": "adapter", "window": 2}})]
+IDS = [f"{t}-{b}" + ("-window2" if "window" in str(o) else "") for t, b, o in CASES]
 
 
 def tokenizer(name: str):
@@ -85,7 +87,7 @@ def test_ids_codes_round_trip_and_loss_backward(tok, bridge, options):
         batch = m.collate([m.builder.understanding(tokens, "what?")])
         embeds = m.bridge.inputs_embeds(m.embed, batch["input_ids"], batch["image_tokens"], batch["num_slots"])
         slots = batch["input_ids"][0] == m.bridge.img
-        assert int(slots.sum()) == m.spec.length
+        assert int(slots.sum()) == m.spec.length // m.bridge.per_slot
         torch.testing.assert_close(embeds[0, slots], m.bridge.project(tokens[None])[0])
     m.train()
     loss, stats = m(**batch_for(m))
@@ -200,8 +202,30 @@ def test_cfg_rows_combine_conditional_and_unconditional_logits():
     assert batch["input_ids"].shape[0] == 2 and (batch["input_ids"][1] == a.bridge.uncond).any()
 
 
-def test_kv_cache_decoding_matches_full_recomputation():
-    m = build("bits", "adapter").eval()
+def test_token_shuffle_window_slots():
+    """window 2: a slot holds one 2×2 window of the grid; slots invert exactly, a slot's embedding depends on its own
+    window's four tokens only, and generation returns whole grids in raster order."""
+    m = build("vocab", "adapter", {"bridge": {"name": "adapter", "window": 2}}).eval()
+    tokens = torch.randint(0, 32, (2, 16))
+    slots = m.bridge.to_slots(tokens)
+    assert slots.shape == (2, 4, 4) and torch.equal(m.bridge.from_slots(slots), tokens)
+    assert slots[0, 0].tolist() == tokens[0, [0, 1, 4, 5]].tolist()  # the top-left window of the 4×4 grid
+    base = m.bridge.project(tokens)
+    changed = tokens.clone()
+    changed[0, 5] = (changed[0, 5] + 1) % 32  # in window 0
+    diff = (m.bridge.project(changed) - base).abs().sum(-1)
+    assert diff[0, 0] > 0 and diff[0, 1:].abs().max() == 0 and diff[1].abs().max() == 0
+    out = m.generate_tokens(["a red circle", "a blue star"], temperature=1.0, seed=3, cfg_scale=2.0)
+    assert all(t.shape == (16,) for t in out)
+    assert all(torch.equal(a, b) for a, b in zip(out, m.generate_tokens(["a red circle", "a blue star"],
+                                                                         temperature=1.0, seed=3, cfg_scale=2.0)))
+    with pytest.raises(ConfigError, match="window"):
+        build("seq_prefix", "adapter", {"bridge": {"name": "adapter", "window": 2}})
+
+
+@pytest.mark.parametrize("window", [1, 2])
+def test_kv_cache_decoding_matches_full_recomputation(window):
+    m = build("bits", "adapter", {"bridge": {"name": "adapter", "window": window}}).eval()
     tokens = m.generate_tokens(["a red circle"], temperature=0.0, seed=0)[0]  # greedy, KV-cached
     seq = m.builder.generation("a red circle", tokens)
     batch = m.collate([seq])
@@ -210,8 +234,8 @@ def test_kv_cache_decoding_matches_full_recomputation():
         hidden = m.llm(inputs_embeds=embeds, attention_mask=batch["attention_mask"],
                        output_hidden_states=True).hidden_states[-1]
         pred = m.bridge.predictor_mask(batch["input_ids"], torch.tensor([True]))
-        again = m.bridge.sample(hidden[pred], None, 1.0, 0.0, 0, 1.0, None)
-    assert torch.equal(again, tokens)
+        again = m.bridge.sample(hidden[pred], None, 1.0, 0.0, 0, 1.0, None)  # (slots, tokens per slot, bits)
+    assert torch.equal(m.bridge.from_slots(again[None])[0], tokens)
 
 
 @pytest.mark.parametrize(("tok", "bridge", "trainable"), [

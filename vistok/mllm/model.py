@@ -340,7 +340,7 @@ class MLLM(nn.Module):
 
     def _generate_adapter(self, batch, B, cfg, cfg_scale, temperature, top_k, top_p, rng, n):
         """The adapter's loop with the LLM's KV cache: each step's hidden state goes through the head, the sampled
-        token's code vector through the projector back into the LLM."""
+        slot's code vectors through the projector back into the LLM."""
         from transformers import DynamicCache
 
         mask = batch["attention_mask"]
@@ -350,20 +350,20 @@ class MLLM(nn.Module):
         cache_kw = _cache_keyword(self.llm)
         out = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=position, use_cache=True,
                        output_hidden_states=True, logits_to_keep=1, **{cache_kw: cache})
-        tokens = []
-        for i in range(n):
+        slots = []
+        for i in range(n // self.bridge.per_slot):
             h = out.hidden_states[-1][:, -1]
-            tok = self.bridge.sample(h[:B], h[B:] if cfg else None, cfg_scale, temperature, top_k, top_p, rng)
-            tokens.append(tok)
-            if i == n - 1:
+            slot = self.bridge.sample(h[:B], h[B:] if cfg else None, cfg_scale, temperature, top_k, top_p, rng)
+            slots.append(slot)  # (B, s²[, C]): one token, or a Token-Shuffle window
+            if i == n // self.bridge.per_slot - 1:
                 break
-            step = self.bridge.project(tok[:, None]).to(embeds.dtype)
+            step = self.bridge.project_slots(slot[:, None]).to(embeds.dtype)
             step = torch.cat([step, step]) if cfg else step
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             position = position[:, -1:] + 1
             out = self.llm(inputs_embeds=step, attention_mask=mask, position_ids=position, use_cache=True,
                            output_hidden_states=True, logits_to_keep=1, **{cache_kw: cache})
-        return list(torch.stack(tokens, dim=1).cpu())
+        return list(self.bridge.from_slots(torch.stack(slots, dim=1)).cpu())
 
     @torch.no_grad()
     def generate_images(self, prompts: list[str | None], **kwargs: Any) -> torch.Tensor:
