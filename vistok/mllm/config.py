@@ -44,6 +44,7 @@ class MLLMEval:
     text_chunks: int = 16  # held-out text chunks for the perplexity check
     generation_images: int = 0  # images generated per evaluation and scored by the shapes judge (0: off; shapes only)
     judge_steps: int = 1000  # training steps of that judge (on real shapes, once per run)
+    judge_train_size: int = 16000  # real shapes it trains on
 
 
 @dataclass
@@ -62,8 +63,8 @@ class MLLMRunConfig:
     chat_template: bool = True
     system_prompt: str | None = None  # None: the template's default system turn
     question: str = "What is in this image?"
-    text_chars: int = 400  # length of the text objective's chunks (~4 characters per token): rows of a batch pad
-    # to its longest item, so chunks much longer than the image sequences multiply a step's cost
+    text_chars: int = 800  # the text objective's chunks hold text_chars/2 to text_chars characters (~4 per token):
+    # a batch pads to its longest row, so chunks much longer than the image sequences multiply a step's cost
     answer: str = "class"  # class: "a red circle" (shapes) / the class name | caption: the full caption
     prompt: str = "caption"  # generation prompts: caption | class
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -75,8 +75,11 @@ class MLLMTask:
         from vistok.data.judge import judge_accuracy, train_judge
 
         if self.judge is None:
-            self.judge, held = train_judge(self.model.image_tokenizer.resolution,
-                                           steps=int(self.cfg.mllm_eval.judge_steps), progress=False)
+            e = self.cfg.mllm_eval
+            with torch.enable_grad():  # evaluations run under no_grad; the judge trains here, once
+                self.judge, held = train_judge(self.model.image_tokenizer.resolution, steps=int(e.judge_steps),
+                                               train_size=int(e.judge_train_size),
+                                               held_out_size=min(2000, int(e.judge_train_size)), progress=False)
             self.judge_held_out = held
         s = self.cfg.sample
         images = generate_for_prompts(self.model, self.gen_prompts, batch_size=8, seed=self.cfg.train.seed,
@@ -137,7 +140,7 @@ def run_mllm(cfg: DictConfig, *, resume: bool = False, overwrite: bool = False, 
     prompts = texts_for(dataset, cache.labels, cache.captions, cfg.prompt)
     o = cfg.objectives
     objectives = {"understanding": o.understanding, "generation": o.generation, "text": o.text}
-    train_text = stdlib_text("train", chunk_chars=int(cfg.text_chars)) if o.text > 0 else None
+    train_text = stdlib_text("train", chunk_chars=int(cfg.text_chars) // 2) if o.text > 0 else None
     train_set = MLLMDataset(model.builder, cache.tokens.long(), prompts, answers, objectives,
                             prompt_dropout=cfg.prompt_dropout, seed=cfg.train.seed, texts=train_text,
                             question=cfg.question)

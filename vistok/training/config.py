@@ -114,6 +114,7 @@ class RunConfig:
     tokenizer: str | None = None  # generator stage: folder of a trained tokenizer
     token_cache_dir: str = "runs/.cache/tokens"
     token_cache_augment: str = "none"  # none | flip | ten_crop: views of each image the token cache encodes (LlamaGen)
+    prompt: str = "caption"  # text-conditional generators: caption ("a red circle on a teal background") | class
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -133,6 +134,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise ConfigError("stage 'generator' needs tokenizer=<folder of a trained tokenizer>")
     if cfg.stage == "generator" and (cfg.loss.perceptual or cfg.loss.gan.weight):
         raise ConfigError("loss.perceptual and loss.gan are tokenizer-stage losses; remove them for stage generator")
+    if cfg.prompt not in ("caption", "class"):
+        raise ConfigError(f"prompt must be 'caption' or 'class', got {cfg.prompt!r}")
     if cfg.token_cache_augment not in ("none", "flip", "ten_crop"):
         raise ConfigError(f"token_cache_augment must be none, flip or ten_crop, got {cfg.token_cache_augment!r}")
     if cfg.train.batch_scope not in ("global", "per_rank"):

@@ -112,6 +112,10 @@ def _run(cfg: DictConfig, env: distributed.DistEnv, dist_device: torch.device | 
             if tokens.captions is None:
                 raise ConfigError(f"model.conditioning is text but the dataset {data_cfg.get('name')!r} has no "
                                   "captions; use data.name=shapes or a class conditioning")
+            if cfg.prompt == "class":  # "a red circle" (shapes) / the class name, as the MLLM recipes' prompts
+                from vistok.mllm.train import texts_for
+
+                tokens.captions = texts_for(dataset, tokens.labels, None, "class")
             prompts = tokens.captions
         task = GeneratorTask(model, tokenizer, cfg.sample, seed=cfg.train.seed, sample_prompts=prompts,
                              eval_dataset=build_dataset(held_out_data_cfg(cfg)) if cfg.eval.fid else None,
