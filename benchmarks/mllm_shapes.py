@@ -27,8 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--per-prompt", type=int, default=2)
     p.add_argument("--cfg-scale", type=float, default=3.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--judge-steps", type=int, default=400)
-    p.add_argument("--judge-train-size", type=int, default=6000)
+    p.add_argument("--judge-steps", type=int, default=1000)
+    p.add_argument("--judge-train-size", type=int, default=16000)
     p.add_argument("--out", default="runs/mllm_bench.json")
     args = p.parse_args(argv)
 
@@ -56,10 +56,20 @@ def main(argv: list[str] | None = None) -> int:
         f = Path(run) / "cpu_seconds"
         return float(f.read_text()) if f.is_file() else None
 
+    held = build_dataset(data_cfg_from_arg("shapes", 32, 256))
+    held_items = [held[i] for i in range(len(held))]
+    held_images = torch.stack([it["image"] for it in held_items])
+
+    @torch.no_grad()
+    def ceiling(tokenizer) -> dict[str, float]:
+        """The judge on the tokenizer's reconstructions of held-out shapes: what a perfect generator could reach."""
+        recon = torch.cat([tokenizer.decode(tokenizer.encode(x)).clamp(-1, 1) for x in held_images.split(64)])
+        return judge_accuracy(judge, recon, [it["shape"] for it in held_items], [it["color"] for it in held_items])
+
     for run in args.mllm:
         model = load_mllm(run)
         row = {"run": run, "kind": "mllm", "bridge": model.bridge_cfg["name"], "token_kind": model.spec.kind,
-               "train_cpu_seconds": cpu(run)}
+               "train_cpu_seconds": cpu(run), "tokenizer_ceiling": ceiling(model.image_tokenizer)}
         if args.num_images:
             held = build_dataset(data_cfg_from_arg("shapes", model.image_tokenizer.resolution, args.num_images))
             items = [held[i] for i in range(args.num_images)]
@@ -79,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         for i, prompt in enumerate(prompts[:: args.per_prompt]):
             rng = torch.Generator().manual_seed(args.seed * 1_000_003 + i)
             images.append(sample_images(generator, tokenizer, prompt, settings, rng))
-        row = {"run": run, "kind": "gpt", "train_cpu_seconds": cpu(run),
+        row = {"run": run, "kind": "gpt", "train_cpu_seconds": cpu(run), "tokenizer_ceiling": ceiling(tokenizer),
                "params_m": sum(p.numel() for p in generator.parameters()) / 1e6,
                "generation": judge_accuracy(judge, torch.cat(images), shape_idx, color_idx)}
         report["runs"].append(row)

@@ -378,3 +378,14 @@ def test_training_logits_at_labelled_positions_are_the_llms_own(llm):
     with torch.no_grad():
         out = m.llm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
         torch.testing.assert_close(m._lm_logits(out.hidden_states[-1]), out.logits.float())
+
+
+def test_name_ranks_place_the_closest_class_name_first():
+    from vistok.mllm.evaluation import name_ranks
+
+    names = ["tench", "goldfish", "great white shark", "tiger shark"]
+    right = name_ranks(["tench", "a goldfish", "great white shark"], ["tench", "goldfish", "great white shark"],
+                       names, encoder="hash:64")
+    assert right["top1"] == 1.0 and right["median_rank"] == 1 and right["chance_top1"] == 0.25
+    wrong = name_ranks(["tench"], ["goldfish"], names, encoder="hash:64")
+    assert wrong["top1"] == 0.0 and wrong["median_rank"] > 1

@@ -28,6 +28,9 @@ def main(argv: list[str] | None = None, prog: str = "eval/mllm.py") -> int:
     p.add_argument("--data", default="shapes", help="'shapes' (held-out seed) or an ImageFolder-layout folder")
     p.add_argument("--num-images", type=int, default=96, help="held-out images to answer about (0: skip)")
     p.add_argument("--question", default="What is in this image?")
+    p.add_argument("--text-encoder", default="minilm",
+                   help="folders: sentence encoder that ranks the class names by closeness to each answer ('none': "
+                        "skip)")
     p.add_argument("--per-prompt", type=int, default=2, help="generated images per shapes prompt (0: skip)")
     p.add_argument("--cfg-scale", type=float, default=3.0)
     p.add_argument("--temperature", type=float, default=1.0)
@@ -51,7 +54,7 @@ def main(argv: list[str] | None = None, prog: str = "eval/mllm.py") -> int:
         from vistok.data.judge import chance_level, judge_accuracy, train_judge
         from vistok.data.shapes import COLORS, SHAPES
         from vistok.data.sources import data_cfg_from_arg
-        from vistok.mllm.evaluation import article, generate_for_prompts, understanding_accuracy
+        from vistok.mllm.evaluation import article, generate_for_prompts, name_ranks, understanding_accuracy
         from vistok.mllm.sample import is_mllm_folder, load_mllm
         from vistok.training.loop import pick_device
 
@@ -77,8 +80,10 @@ def main(argv: list[str] | None = None, prog: str = "eval/mllm.py") -> int:
                                          progress=True)
             report["understanding"] = {
                 "accuracy": und["accuracy"], "num_images": n, "data": data_cfg, "question": args.question,
-                "chance": chance_level() if shapes else 1.0 / max(1, len({int(it["label"]) for it in items})),
+                "chance": chance_level() if shapes else 1.0 / len(names),
                 "examples": [{"target": t, "answer": a} for t, a in zip(targets[:12], und["answers"][:12])]}
+            if not shapes and args.text_encoder != "none":  # classes are many: how near the answers come too
+                report["understanding"]["semantic"] = name_ranks(und["answers"], targets, names, args.text_encoder)
         if shapes and args.per_prompt:
             prompts = [article(f"{c} {s}") for s in SHAPES for c in COLORS for _ in range(args.per_prompt)]
             gen = generate_for_prompts(model, prompts, args.batch_size, progress=True, seed=args.seed,
@@ -111,7 +116,7 @@ def main(argv: list[str] | None = None, prog: str = "eval/mllm.py") -> int:
         return 2
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
-    summary = {k: {m: v[m] for m in ("accuracy", "both", "shape", "color", "chance") if m in v}
+    summary = {k: {m: v[m] for m in ("accuracy", "both", "shape", "color", "chance", "semantic") if m in v}
                for k, v in report.items() if k in ("understanding", "generation")}
     print(json.dumps(summary))
     print(f"wrote {args.out}")

@@ -48,6 +48,26 @@ def understanding_accuracy(model: Any, images: torch.Tensor, targets: list[str],
 
 
 @torch.no_grad()
+def name_ranks(answers: list[str], targets: list[str], class_names: list[str],
+               encoder: str = "minilm") -> dict[str, Any]:
+    """How close each free-text answer comes to naming its class, when exact names are rarely hit (classes never
+    seen in training): the rank of the target among ``class_names`` by the cosine similarity of their sentence
+    embeddings to the answer's (1: no class name is closer to the answer than the right one). Reports top-1/top-5
+    rates and the median rank, with their chance levels."""
+    from vistok.generators.text import text_encoder
+
+    enc = text_encoder(encoder)
+    names = list(dict.fromkeys(class_names))
+    sims = enc.encode(list(answers)) @ enc.encode(names).T  # (N, C), unit vectors
+    target_sims = sims[torch.arange(len(targets)), torch.tensor([names.index(t) for t in targets])]
+    ranks = (sims > target_sims[:, None]).sum(1) + 1
+    n = len(names)
+    return {"top1": float((ranks == 1).float().mean()), "top5": float((ranks <= 5).float().mean()),
+            "median_rank": float(ranks.float().median()), "num_classes": n, "chance_top1": 1 / n,
+            "chance_top5": min(5, n) / n, "chance_median_rank": (n + 1) / 2, "encoder": encoder}
+
+
+@torch.no_grad()
 def generate_for_prompts(model: Any, prompts: list[str], batch_size: int = 8, progress: bool = False,
                          seed: int = 0, **sampling: Any) -> torch.Tensor:
     """Images (N, 3, R, R) for the prompts; batch b samples with seed ``seed * 1_000_003 + b``."""
