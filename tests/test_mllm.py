@@ -389,3 +389,11 @@ def test_name_ranks_place_the_closest_class_name_first():
     assert right["top1"] == 1.0 and right["median_rank"] == 1 and right["chance_top1"] == 0.25
     wrong = name_ranks(["tench"], ["goldfish"], names, encoder="hash:64")
     assert wrong["top1"] == 0.0 and wrong["median_rank"] > 1
+
+
+def test_adapter_slots_start_at_the_scale_of_text_embeddings():
+    m = build("vocab", "adapter").eval()
+    text_rms = m.embed.weight[: m.base_rows].pow(2).mean().sqrt()
+    slots = m.bridge.project(m.image_tokenizer.encode(images(m.image_tokenizer)))
+    torch.testing.assert_close(slots.pow(2).mean(-1).sqrt(), torch.full(slots.shape[:2], float(text_rms)),
+                               rtol=1e-3, atol=1e-4)

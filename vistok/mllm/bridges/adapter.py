@@ -31,6 +31,7 @@ from torch import nn
 from vistok.errors import ConfigError
 from vistok.generators.heads import build_head
 from vistok.generators.shuffle import TokenShuffle, check_window, from_windows, to_windows
+from vistok.layers import RMSNorm
 from vistok.mllm.bridges.base import BOI, EOI, UNCOND, Bridge
 from vistok.registry import register
 from vistok.spec import TokenSpec
@@ -42,12 +43,15 @@ IMG = "<img>"
 class AdapterBridge(Bridge):
     """code_dim: width of the code vectors (given by the MLLM); projector_depth: Linear layers of the projector
     (LLaVA 2: Linear-GELU-Linear); head: options of the token head (e.g. ``{factorized_layers: 1}``); window:
-    Token-Shuffle window (1: one slot per token; 2: one slot per 2×2 window of a grid)."""
+    Token-Shuffle window (1: one slot per token; 2: one slot per 2×2 window of a grid); output_norm: an RMSNorm on
+    the slot embeddings whose gain starts at the RMS of the LLM's own input embeddings (``match_embedding_scale``),
+    so that image slots enter at the scale of text tokens (unnormalized, a fresh projector's outputs were ~20× larger
+    than SmolLM2's embeddings and dominated the residual stream)."""
 
     uses_embeddings_only = False
 
     def __init__(self, spec: TokenSpec, hidden_size: int, code_dim: int, projector_depth: int = 2,
-                 head: dict[str, Any] | None = None, window: int = 1) -> None:
+                 head: dict[str, Any] | None = None, window: int = 1, output_norm: bool = True) -> None:
         super().__init__(spec, hidden_size)
         check_window(spec.grid, int(window))
         self.window, self.per_slot = int(window), int(window) ** 2
@@ -56,6 +60,7 @@ class AdapterBridge(Bridge):
         for _ in range(projector_depth - 1):
             layers += [nn.GELU(), nn.Linear(hidden_size, hidden_size)]
         self.projector = nn.Sequential(*layers)
+        self.output_norm = RMSNorm(hidden_size) if output_norm else None
         self.head = build_head(spec, hidden_size, **(head or {}))
         for m in self.head.modules():  # the GPT's generic init, then the head's own (zero output layers)
             if isinstance(m, nn.Linear | nn.Embedding):
@@ -93,9 +98,15 @@ class AdapterBridge(Bridge):
         B, U = slots.shape[:2]
         codes = self.codes(slots.flatten(1, 2)).to(self.projector[0].weight.dtype)
         embeds = self.projector(codes)
-        if self.window == 1:
-            return embeds
-        return self.shuffle.shuffle(embeds.view(B, U, self.per_slot, -1))
+        if self.window > 1:
+            embeds = self.shuffle.shuffle(embeds.view(B, U, self.per_slot, -1))
+        return embeds if self.output_norm is None else self.output_norm(embeds)
+
+    @torch.no_grad()
+    def match_embedding_scale(self, embeddings: torch.Tensor) -> None:
+        """Start the output norm's gain at the root-mean-square of the LLM's input embedding rows (V, hidden)."""
+        if self.output_norm is not None:
+            self.output_norm.weight.fill_(float(embeddings.float().pow(2).mean().sqrt()))
 
     def slot_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
         """(N, hidden) states before N slots -> (N, s², hidden): one per token of each slot."""
