@@ -119,3 +119,33 @@ def test_tiny_text_conditioned_model_follows_prompts_above_chance():
     background_ok = counts[:, 6:].argmax(-1) == torch.tensor([p["background"] for p in prompts])
     accuracy = (color_ok & background_ok).float().mean().item()
     assert accuracy > 0.3, f"prompt accuracy {accuracy:.2f} (chance ≈ 0.04)"  # measured: 0.58
+
+
+def test_generator_stage_prompt_class_trains_on_class_names(tmp_path, monkeypatch):
+    """prompt=class: a text-conditional GPT trains on "a red circle" (the MLLM recipes' prompts), not the caption."""
+    from pathlib import Path
+
+    import vistok
+    import vistok.training.run as run
+    from vistok.training.config import load_config
+
+    torch.manual_seed(0)
+    tok = {"name": "conv2d", "resolution": 8, "channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1,
+           "z_channels": 8, "mid_attention": False, "quantizer": {"name": "vq", "codebook_size": 16, "code_dim": 4}}
+    vistok.build("tokenizer", tok).save_pretrained(tmp_path / "tok")
+    seen = {}
+
+    class Recording(run.GeneratorTask):
+        def __init__(self, *args, **kwargs):
+            seen["prompts"] = kwargs.get("sample_prompts")
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(run, "GeneratorTask", Recording)
+    config = Path(__file__).resolve().parent.parent / "configs" / "generator" / "text_shapes32.yaml"
+    overrides = [f"tokenizer={tmp_path / 'tok'}", f"run_dir={tmp_path / 'gpt'}", f"token_cache_dir={tmp_path / 'c'}",
+                 "data.resolution=8", "data.size=6", "train.steps=1", "train.batch_size=2", "train.image_every=0",
+                 "train.ckpt_every=0", "model.conditioning.text_encoder=hash:16", "prompt=class"]
+    run.run_training(load_config(config, overrides), progress=False)
+    assert seen["prompts"] and all(p.split()[0] in ("a", "an") and " on a " not in p for p in seen["prompts"])
+    with pytest.raises(ConfigError, match="prompt"):
+        load_config(config, overrides[:-1] + ["prompt=title"])
