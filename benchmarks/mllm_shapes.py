@@ -36,16 +36,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from vistok.data import build_dataset
     from vistok.data.judge import chance_level, judge_accuracy, train_judge
-    from vistok.data.shapes import COLORS, SHAPES
     from vistok.data.sources import data_cfg_from_arg
     from vistok.generate import SamplingSettings, load_generator_run, sample_images
-    from vistok.mllm.evaluation import article, generate_for_prompts, understanding_accuracy
+    from vistok.mllm.evaluation import article, generate_for_prompts, shape_prompts, understanding_accuracy
     from vistok.mllm.sample import load_mllm
 
     torch.set_num_threads(1)
-    prompts = [article(f"{c} {s}") for s in SHAPES for c in COLORS for _ in range(args.per_prompt)]
-    shape_idx = [SHAPES.index(q.split()[-1]) for q in prompts]
-    color_idx = [list(COLORS).index(q.split()[-2]) for q in prompts]
+    prompts, shape_idx, color_idx = shape_prompts(args.per_prompt)
     start = time.perf_counter()
     judge, judge_acc = train_judge(32, steps=args.judge_steps, progress=False, train_size=args.judge_train_size,
                                    held_out_size=1000)

@@ -52,9 +52,14 @@ def main(argv: list[str] | None = None, prog: str = "eval/mllm.py") -> int:
 
         from vistok.data import build_dataset
         from vistok.data.judge import chance_level, judge_accuracy, train_judge
-        from vistok.data.shapes import COLORS, SHAPES
         from vistok.data.sources import data_cfg_from_arg
-        from vistok.mllm.evaluation import article, generate_for_prompts, name_ranks, understanding_accuracy
+        from vistok.mllm.evaluation import (
+            article,
+            generate_for_prompts,
+            name_ranks,
+            shape_prompts,
+            understanding_accuracy,
+        )
         from vistok.mllm.sample import is_mllm_folder, load_mllm
         from vistok.training.loop import pick_device
 
@@ -85,15 +90,13 @@ def main(argv: list[str] | None = None, prog: str = "eval/mllm.py") -> int:
             if not shapes and args.text_encoder != "none":  # classes are many: how near the answers come too
                 report["understanding"]["semantic"] = name_ranks(und["answers"], targets, names, args.text_encoder)
         if shapes and args.per_prompt:
-            prompts = [article(f"{c} {s}") for s in SHAPES for c in COLORS for _ in range(args.per_prompt)]
+            prompts, shape_idx, color_idx = shape_prompts(args.per_prompt)
             gen = generate_for_prompts(model, prompts, args.batch_size, progress=True, seed=args.seed,
                                        cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k,
                                        top_p=args.top_p)
             judge, judge_acc = train_judge(res, steps=args.judge_steps, device=device, progress=False,
                                            train_size=args.judge_train_size,
                                            held_out_size=min(2000, args.judge_train_size))
-            shape_idx = [SHAPES.index(p.split()[-1]) for p in prompts]
-            color_idx = [list(COLORS).index(p.split()[-2]) for p in prompts]
             report["generation"] = {**judge_accuracy(judge, gen, shape_idx, color_idx), "num_images": len(prompts),
                                     "judge_held_out": judge_acc, "chance": chance_level(),
                                     "sampling": {"cfg_scale": args.cfg_scale, "temperature": args.temperature,

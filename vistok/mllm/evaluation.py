@@ -17,6 +17,14 @@ def article(phrase: str) -> str:
     return f"{'an' if phrase[:1].lower() in 'aeiou' else 'a'} {phrase}"
 
 
+def shape_prompts(per_prompt: int = 1) -> tuple[list[str], list[int], list[int]]:
+    """The 24 prompts "a <color> <shape>", each ``per_prompt`` times in a row, with their shape and color indices
+    (what the shapes judge is asked to find in the images generated from them)."""
+    pairs = [(s, c) for s in range(len(SHAPES)) for c in range(len(COLORS)) for _ in range(per_prompt)]
+    names = list(COLORS)
+    return ([article(f"{names[c]} {SHAPES[s]}") for s, c in pairs], [s for s, _ in pairs], [c for _, c in pairs])
+
+
 def shapes_reading(text: str) -> tuple[str | None, str | None]:
     """(color, shape) named first in an answer, before any "on a … background" (whose colors are not the shape's)."""
     head = re.split(r"\bon\b", text.lower(), maxsplit=1)[0]

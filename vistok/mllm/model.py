@@ -107,8 +107,7 @@ class MLLM(nn.Module):
         if self.tied and llm.get_output_embeddings().weight is not llm.get_input_embeddings().weight:
             llm.tie_weights()
         self.vocab_rows = rows
-        if hasattr(self.bridge, "match_embedding_scale"):  # image slots start at the scale of text embeddings
-            self.bridge.match_embedding_scale(llm.get_input_embeddings().weight[: self.base_rows])
+        self.bridge.match_embedding_scale(llm.get_input_embeddings().weight[: self.base_rows])
         self.llm = self._apply_trainable(llm)
         self.builder = SequenceBuilder(text_tokenizer, self.bridge, chat_template, system_prompt)
         self.end_ids = end_token_ids(text_tokenizer)

@@ -20,12 +20,17 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from vistok.data import build_dataset
-from vistok.data.shapes import COLORS, SHAPES
 from vistok.data.token_cache import build_token_cache
 from vistok.errors import ConfigError
 from vistok.hub import load_pretrained
 from vistok.mllm.data import MLLMDataset, stdlib_text
-from vistok.mllm.evaluation import article, generate_for_prompts, perplexity, understanding_accuracy
+from vistok.mllm.evaluation import (
+    article,
+    generate_for_prompts,
+    perplexity,
+    shape_prompts,
+    understanding_accuracy,
+)
 from vistok.mllm.model import MLLM
 from vistok.training.checkpoint import latest_checkpoint
 from vistok.training.config import to_container
@@ -54,8 +59,8 @@ class MLLMTask:
         self.judge = None
         n = int(cfg.mllm_eval.generation_images)
         if n and shapes:  # "a <color> <shape>" prompts in turn, scored by a judge trained on real shapes only
-            self.gen_prompts = [article(f"{c} {s}") for s in SHAPES for c in COLORS] * (n // 24 + 1)
-            self.gen_prompts = self.gen_prompts[:n]
+            prompts, shape_idx, color_idx = shape_prompts()
+            self.gen_targets = [(prompts[i % 24], shape_idx[i % 24], color_idx[i % 24]) for i in range(n)]
 
     def training_step(self, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
         used = int(batch["attention_mask"].any(0).nonzero().max()) + 1  # drop padding columns no row uses
@@ -82,10 +87,9 @@ class MLLMTask:
                                                held_out_size=min(2000, int(e.judge_train_size)), progress=False)
             self.judge_held_out = held
         s = self.cfg.sample
-        images = generate_for_prompts(self.model, self.gen_prompts, batch_size=8, seed=self.cfg.train.seed,
+        prompts, shape_idx, color_idx = map(list, zip(*self.gen_targets))
+        images = generate_for_prompts(self.model, prompts, batch_size=8, seed=self.cfg.train.seed,
                                       cfg_scale=s.cfg_scale, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)
-        shape_idx = [SHAPES.index(p.split()[-1]) for p in self.gen_prompts]
-        color_idx = [list(COLORS).index(p.split()[-2]) for p in self.gen_prompts]
         acc = judge_accuracy(self.judge, images, shape_idx, color_idx)
         return {"generation_acc": acc["both"], "generation_shape": acc["shape"], "generation_color": acc["color"],
                 "judge_held_out_acc": self.judge_held_out["both"]}

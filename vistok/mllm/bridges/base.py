@@ -68,6 +68,10 @@ class Bridge(nn.Module):
                       num_slots: torch.Tensor) -> torch.Tensor:
         return embed(input_ids)
 
+    def match_embedding_scale(self, embeddings: torch.Tensor) -> None:
+        """Called once at build with the LLM's own input embedding rows (V, hidden); bridges whose image inputs are
+        not those rows start them at that scale."""
+
     def image_loss(self, hidden: torch.Tensor, input_ids: torch.Tensor, image_tokens: torch.Tensor,
                    generate_rows: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]] | None:
         """Loss on generated image tokens outside the LM head (None: the LM loss covers them)."""
