@@ -240,7 +240,9 @@ def test_kv_cache_decoding_matches_full_recomputation(window):
 
 @pytest.mark.parametrize(("tok", "bridge", "trainable"), [
     ("vocab", "vocabulary", {"lora": {"r": 4}}), ("bits", "adapter", {"last_blocks": 1}),
-    ("subvocab", "adapter", {"all": True})], ids=["vocabulary-lora", "adapter-blocks", "adapter-all"])
+    ("subvocab", "adapter", {"all": True}),
+    ("vocab", "adapter", {"bridge": "head", "new_rows": False, "last_blocks": 1})],
+    ids=["vocabulary-lora", "adapter-blocks", "adapter-all", "adapter-head-blocks"])
 def test_save_load_gives_identical_outputs(tok, bridge, trainable, tmp_path):
     llm = "random:tiny-llama-untied" if bridge == "vocabulary" else "random:tiny-llama"
     m = build(tok, bridge, trainable=trainable, llm=llm)
@@ -268,6 +270,46 @@ def test_save_load_gives_identical_outputs(tok, bridge, trainable, tmp_path):
     kw = {"cfg_scale": 2.0, "seed": 5}
     assert all(torch.equal(x, y) for x, y in zip(back.generate_tokens(["a red circle"], **kw),
                                                    m.generate_tokens(["a red circle"], **kw)))
+
+
+def test_head_only_bridge_with_last_blocks_keeps_gradients_in_the_top():
+    """trainable {bridge: head, last_blocks: 1, new_rows: false}: the head and the last block train; the projector,
+    the embeddings and the lower blocks get no gradient, so backward stops at the trained blocks."""
+    from vistok.mllm.model import _decoder_layers
+
+    m = build("vocab", "adapter", trainable={"bridge": "head", "new_rows": False, "last_blocks": 1})
+    blocks = list(_decoder_layers(m.llm))
+    seen = []
+    blocks[0].register_forward_hook(lambda mod, args, out: seen.append((out[0] if isinstance(out, tuple) else out)
+                                                                       .requires_grad))
+    loss, _ = m(**batch_for(m))
+    loss.backward()
+    assert seen == [False]
+    assert m.bridge.head.output.weight.grad is not None  # (its input embedding is unused: the projector feeds)
+    assert all(p.grad is not None for p in blocks[-1].parameters())
+    frozen = [*m.bridge.projector.parameters(), *blocks[0].parameters(), m.llm.get_input_embeddings().weight]
+    assert all(p.grad is None and not p.requires_grad for p in frozen)
+    with pytest.raises(ConfigError, match="adapter bridge"):
+        build("vocab", "vocabulary", trainable={"bridge": "head"})
+
+
+def test_output_side_rows_with_last_blocks_keep_gradients_in_the_top():
+    """Vocabulary bridge, trainable {new_rows: output, last_blocks: 1, lora: none}: the new rows learn (from the output
+    side) and the last block trains, but no gradient runs through the lower blocks."""
+    from vistok.mllm.model import _decoder_layers
+
+    m = build("vocab", "vocabulary", trainable={"new_rows": "output", "last_blocks": 1})
+    blocks = list(_decoder_layers(m.llm))
+    seen = []
+    blocks[0].register_forward_hook(lambda mod, args, out: seen.append((out[0] if isinstance(out, tuple) else out)
+                                                                       .requires_grad))
+    loss, _ = m(**batch_for(m))
+    loss.backward()
+    assert seen == [False]  # the lowest block's output carries no graph: backward never runs through it
+    grad = m.llm.get_input_embeddings().weight.grad
+    assert grad[m.base_rows:].abs().sum() > 0 and grad[: m.base_rows].abs().sum() == 0
+    assert all(p.grad is not None for p in blocks[-1].parameters())
+    assert all(p.grad is None and not p.requires_grad for p in blocks[0].parameters())
 
 
 def test_answers_are_text_and_untrained_rows_do_not_leak():

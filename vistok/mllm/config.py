@@ -22,8 +22,11 @@ class LLMSource:
 
 @dataclass
 class Trainable:
-    bridge: bool = True  # projector + head (adapter bridge)
-    new_rows: bool = True  # embedding rows of the added tokens
+    bridge: Any = True  # true: projector + head (adapter bridge); "head": the head alone (the projector stays at
+    # its initialization, so with last_blocks nothing below the trained blocks needs a gradient: a step costs a
+    # forward pass plus the trained blocks' backward)
+    new_rows: Any = True  # embedding rows of the added tokens; "output": trained from the output side only (the input
+    # lookup is detached: with last_blocks, backward then stops at the trained blocks)
     lora: Any = None  # None, or {r, alpha, dropout, target_modules}
     last_blocks: int = 0
     all: bool = False
@@ -95,6 +98,10 @@ def load_mllm_config(path: str | Path, overrides: list[str] | None = None) -> Di
     if t.new_rows and not t.all and cfg.train.weight_decay > 0:
         raise ConfigError("train.weight_decay must be 0 while trainable.new_rows trains part of the embedding table "
                           "(decay would move the LLM's own rows); set train.weight_decay=0 or trainable.all=true")
+    if t.new_rows not in (True, False, "output"):
+        raise ConfigError(f"trainable.new_rows must be true, false or 'output', got {t.new_rows!r}")
+    if t.bridge not in (True, False, "head"):
+        raise ConfigError(f"trainable.bridge must be true, false or 'head', got {t.bridge!r}")
     if not (t.bridge or t.new_rows or t.lora or t.last_blocks or t.all):
         raise ConfigError("trainable: nothing trains; enable bridge, new_rows, lora, last_blocks or all")
     if cfg.train.ema.decay > 0:

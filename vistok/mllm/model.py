@@ -6,9 +6,10 @@ instance; frozen), picks the bridge from the tokenizer's TokenSpec (``vocab`` â†
 ``bridge=`` overrides), adds the bridge's tokens to the text tokenizer, grows the LLM's embedding table with
 ``resize_token_embeddings(n, mean_resizing=True)`` (tied input/output tables stay one tensor), and marks what trains:
 
-- ``bridge``: projector and head (adapter bridge);
+- ``bridge``: projector and head (adapter bridge); ``"head"``: the head alone (the projector keeps its initialization);
 - ``new_rows``: the embedding rows of the added tokens only (a gradient mask keeps the LLM's own rows; with untied
-  embeddings the output rows too);
+  embeddings the output rows too); ``"output"``: they learn from the output side alone (the input lookup is
+  detached);
 - ``lora``: LoRA adapters through ``peft`` (``{r, alpha, dropout, target_modules}``);
 - ``last_blocks``: the last N transformer blocks; ``all``: every LLM weight.
 
@@ -157,16 +158,24 @@ class MLLM(nn.Module):
                 for name, p in block.named_parameters():
                     if "lora_" not in name:
                         p.requires_grad_(True)
+        # the added rows are saved whether they train or not: mean resizing draws them at random
         self._row_params: list[tuple[str, nn.Parameter]] = []
-        if t["new_rows"] and not t["all"] and self.vocab_rows > self.base_rows:
+        if not t["all"] and self.vocab_rows > self.base_rows:
             emb_in, emb_out = base.get_input_embeddings().weight, base.get_output_embeddings().weight
             self._row_params = [("rows.input", emb_in)] + ([] if emb_out is emb_in else [("rows.output", emb_out)])
+        if t["new_rows"] and self._row_params:
             mask = torch.zeros(self.vocab_rows, 1)
             mask[self.base_rows:] = 1.0
             for _, p in self._row_params:
                 p.requires_grad_(True)
                 p.register_hook(lambda g, m=mask: g * m.to(g.device, g.dtype))  # the LLM's own rows stay as they are
         self.bridge.requires_grad_(bool(t["bridge"]))
+        if t["bridge"] == "head":  # the projector keeps its initialization: no gradient needs to reach the input
+            if not hasattr(self.bridge, "head"):
+                raise ConfigError("trainable.bridge='head' needs the adapter bridge (the vocabulary bridge writes "
+                                  "images with the LLM's own head); use trainable.bridge=true")
+            self.bridge.requires_grad_(False)
+            self.bridge.head.requires_grad_(True)
         return llm
 
     def train(self, mode: bool = True) -> MLLM:
@@ -190,8 +199,13 @@ class MLLM(nn.Module):
         (answers, image ids of the vocabulary bridge, text) plus, for the adapter bridge, its head's loss on the
         generated images' tokens."""
         position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)
-        inputs = ({"input_ids": input_ids} if self.bridge.uses_embeddings_only else
-                  {"inputs_embeds": self.bridge.inputs_embeds(self.embed, input_ids, image_tokens, num_slots)})
+        if self.bridge.uses_embeddings_only:
+            # new_rows="output": no gradient through the input lookup, so with last_blocks (and nothing else below
+            # them training) backward stops at the trained blocks instead of running through the whole LLM
+            inputs = ({"inputs_embeds": self.embed(input_ids).detach()} if self.trainable["new_rows"] == "output"
+                      else {"input_ids": input_ids})
+        else:
+            inputs = {"inputs_embeds": self.bridge.inputs_embeds(self.embed, input_ids, image_tokens, num_slots)}
         # logits only where a label is (logits_to_keep=1 skips the LLM's own (B, T, vocab) product): the answers of
         # understanding rows are a few tokens, and a 49k-entry vocabulary over every position is most of the memory
         out = self.llm(**inputs, attention_mask=attention_mask, position_ids=position_ids, output_hidden_states=True,
