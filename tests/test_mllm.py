@@ -273,11 +273,11 @@ def test_save_load_gives_identical_outputs(tok, bridge, trainable, tmp_path):
 
 
 def test_head_only_bridge_with_last_blocks_keeps_gradients_in_the_top():
-    """trainable {bridge: head, last_blocks: 1, new_rows: false}: the head and the last block train; the projector,
-    the embeddings and the lower blocks get no gradient, so backward stops at the trained blocks."""
+    """trainable {bridge: head, last_blocks: 1, new_rows: output}: the head, the last block and the marker rows (from
+    the output side) train; the projector and the lower blocks get no gradient, so backward stops at the top."""
     from vistok.mllm.model import _decoder_layers
 
-    m = build("vocab", "adapter", trainable={"bridge": "head", "new_rows": False, "last_blocks": 1})
+    m = build("vocab", "adapter", trainable={"bridge": "head", "new_rows": "output", "last_blocks": 1})
     blocks = list(_decoder_layers(m.llm))
     seen = []
     blocks[0].register_forward_hook(lambda mod, args, out: seen.append((out[0] if isinstance(out, tuple) else out)
@@ -287,8 +287,10 @@ def test_head_only_bridge_with_last_blocks_keeps_gradients_in_the_top():
     assert seen == [False]
     assert m.bridge.head.output.weight.grad is not None  # (its input embedding is unused: the projector feeds)
     assert all(p.grad is not None for p in blocks[-1].parameters())
-    frozen = [*m.bridge.projector.parameters(), *blocks[0].parameters(), m.llm.get_input_embeddings().weight]
+    frozen = [*m.bridge.projector.parameters(), *blocks[0].parameters()]
     assert all(p.grad is None and not p.requires_grad for p in frozen)
+    grad = m.llm.get_input_embeddings().weight.grad  # the marker rows learn from the output side alone
+    assert grad[m.base_rows:].abs().sum() > 0 and grad[: m.base_rows].abs().sum() == 0
     with pytest.raises(ConfigError, match="adapter bridge"):
         build("vocab", "vocabulary", trainable={"bridge": "head"})
 

@@ -199,13 +199,14 @@ class MLLM(nn.Module):
         (answers, image ids of the vocabulary bridge, text) plus, for the adapter bridge, its head's loss on the
         generated images' tokens."""
         position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)
+        # new_rows="output": no gradient through the input lookup, so with last_blocks (and nothing else below them
+        # training) backward stops at the trained blocks instead of running through the whole LLM
+        detach = self.trainable["new_rows"] == "output"
+        embed = (lambda ids: self.embed(ids).detach()) if detach else self.embed
         if self.bridge.uses_embeddings_only:
-            # new_rows="output": no gradient through the input lookup, so with last_blocks (and nothing else below
-            # them training) backward stops at the trained blocks instead of running through the whole LLM
-            inputs = ({"inputs_embeds": self.embed(input_ids).detach()} if self.trainable["new_rows"] == "output"
-                      else {"input_ids": input_ids})
+            inputs = {"inputs_embeds": embed(input_ids)} if detach else {"input_ids": input_ids}
         else:
-            inputs = {"inputs_embeds": self.bridge.inputs_embeds(self.embed, input_ids, image_tokens, num_slots)}
+            inputs = {"inputs_embeds": self.bridge.inputs_embeds(embed, input_ids, image_tokens, num_slots)}
         # logits only where a label is (logits_to_keep=1 skips the LLM's own (B, T, vocab) product): the answers of
         # understanding rows are a few tokens, and a 49k-entry vocabulary over every position is most of the memory
         out = self.llm(**inputs, attention_mask=attention_mask, position_ids=position_ids, output_hidden_states=True,
