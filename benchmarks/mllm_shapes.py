@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--judge-steps", type=int, default=1000)
     p.add_argument("--judge-train-size", type=int, default=16000)
     p.add_argument("--out", default="runs/mllm_bench.json")
+    p.add_argument("--grid-dir", default=None, help="save each run's generated images as <dir>/<run name>.png")
     args = p.parse_args(argv)
 
     import torch
@@ -63,6 +64,14 @@ def main(argv: list[str] | None = None) -> int:
         recon = torch.cat([tokenizer.decode(tokenizer.encode(x)).clamp(-1, 1) for x in held_images.split(64)])
         return judge_accuracy(judge, recon, [it["shape"] for it in held_items], [it["color"] for it in held_items])
 
+    def save_grid(run: str, images: torch.Tensor) -> None:
+        """One row per shape: its 6 colors ("a red circle", "a green circle", …), per_prompt images each."""
+        if args.grid_dir:
+            from torchvision.utils import save_image
+            Path(args.grid_dir).mkdir(parents=True, exist_ok=True)
+            save_image(images.clamp(-1, 1) * 0.5 + 0.5, Path(args.grid_dir) / f"{Path(run).name}.png",
+                       nrow=max(args.per_prompt, 1) * 6, padding=1)
+
     for run in args.mllm:
         model = load_mllm(run)
         row = {"run": run, "kind": "mllm", "bridge": model.bridge_cfg["name"], "token_kind": model.spec.kind,
@@ -77,18 +86,20 @@ def main(argv: list[str] | None = None) -> int:
             row["answers"] = list(zip(targets[:6], und["answers"][:6]))
         images = generate_for_prompts(model, prompts, batch_size=8, seed=args.seed, cfg_scale=args.cfg_scale)
         row["generation"] = judge_accuracy(judge, images, shape_idx, color_idx)
+        save_grid(run, images)
         report["runs"].append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "answers"}), flush=True)
     for run in args.gpt:
         generator, tokenizer = load_generator_run(run)
         settings = SamplingSettings(num_per_prompt=args.per_prompt, cfg_scale=args.cfg_scale, seed=args.seed)
-        images = []
+        images: list[torch.Tensor] = []
         for i, prompt in enumerate(prompts[:: args.per_prompt]):
             rng = torch.Generator().manual_seed(args.seed * 1_000_003 + i)
             images.append(sample_images(generator, tokenizer, prompt, settings, rng))
         row = {"run": run, "kind": "gpt", "train_cpu_seconds": cpu(run), "tokenizer_ceiling": ceiling(tokenizer),
                "params_m": sum(p.numel() for p in generator.parameters()) / 1e6,
                "generation": judge_accuracy(judge, torch.cat(images), shape_idx, color_idx)}
+        save_grid(run, torch.cat(images))
         report["runs"].append(row)
         print(json.dumps(row), flush=True)
     report["seconds"] = time.perf_counter() - start
