@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-images", type=int, default=48, help="held-out images for understanding")
     p.add_argument("--per-prompt", type=int, default=2)
     p.add_argument("--cfg-scale", type=float, default=3.0)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--judge-steps", type=int, default=1000)
     p.add_argument("--judge-train-size", type=int, default=16000)
@@ -84,14 +86,16 @@ def main(argv: list[str] | None = None) -> int:
                                          "What is in this image?", shapes=True)
             row["understanding_acc"] = und["accuracy"]
             row["answers"] = list(zip(targets[:6], und["answers"][:6]))
-        images = generate_for_prompts(model, prompts, batch_size=8, seed=args.seed, cfg_scale=args.cfg_scale)
+        images = generate_for_prompts(model, prompts, batch_size=8, seed=args.seed, cfg_scale=args.cfg_scale,
+                                      temperature=args.temperature, top_k=args.top_k)
         row["generation"] = judge_accuracy(judge, images, shape_idx, color_idx)
         save_grid(run, images)
         report["runs"].append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "answers"}), flush=True)
     for run in args.gpt:
         generator, tokenizer = load_generator_run(run)
-        settings = SamplingSettings(num_per_prompt=args.per_prompt, cfg_scale=args.cfg_scale, seed=args.seed)
+        settings = SamplingSettings(num_per_prompt=args.per_prompt, cfg_scale=args.cfg_scale, seed=args.seed,
+                                    temperature=args.temperature, top_k=args.top_k)
         images: list[torch.Tensor] = []
         for i, prompt in enumerate(prompts[:: args.per_prompt]):
             rng = torch.Generator().manual_seed(args.seed * 1_000_003 + i)

@@ -309,7 +309,8 @@ def train(task: Task, dataset: Dataset, cfg: TrainConfig, run_dir: str | Path, *
                     {"loss": loss_sum / cfg.grad_accum, "grad_norm": float(fsdp.full_tensor(grad_norm)), **logs},
                     device)
                 record = {"step": step, "lr": scheduler.get_last_lr()[0],
-                          "items_per_s": window_items * world / max(elapsed, 1e-9), **record}
+                          "items_per_s": window_items * world / max(elapsed, 1e-9),
+                          "process_cpu_s": time.process_time(), **record}  # CPU budgets of checkpoints
                 if device.type == "cuda":
                     record["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
                 if main:
