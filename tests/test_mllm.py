@@ -314,6 +314,39 @@ def test_output_side_rows_with_last_blocks_keep_gradients_in_the_top():
     assert all(p.grad is None and not p.requires_grad for p in blocks[0].parameters())
 
 
+@pytest.mark.parametrize("tok", ["vocab", "seq_prefix"])
+def test_codebook_image_loss_is_the_softmax_decoding_samples_from(tok):
+    """bridge.image_softmax=codebook: an image-code target is scored by a softmax over the ids decoding may draw there
+    (the codes; plus <eoi> for prefix images), every other target by the whole vocabulary; the rest is unchanged."""
+    import torch.nn.functional as F
+
+    full = build(tok, "vocabulary").eval()
+    cut = build(tok, "vocabulary", {"bridge": {"name": "vocabulary", "image_softmax": "codebook"}}).eval()
+    cut.load_state_dict(full.state_dict())
+    batch = batch_for(full)
+    with torch.no_grad():
+        out = full.llm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    logits, targets = out.logits[:, :-1].float(), batch["labels"][:, 1:]
+    allowed = cut.bridge.sampled_ids
+    assert (eoi_allowed := bool((allowed == cut.bridge.eoi).any())) == (tok == "seq_prefix")
+    keep = targets != IGNORE
+    inside = torch.isin(targets, allowed) & keep
+    assert inside.sum() >= 4 and (keep & ~inside).any()
+    expected = torch.zeros_like(targets, dtype=torch.float32)
+    expected[keep & ~inside] = F.cross_entropy(logits[keep & ~inside], targets[keep & ~inside], reduction="none")
+    index = torch.searchsorted(allowed[:-1] if eoi_allowed else allowed, targets[inside])
+    if eoi_allowed:
+        index = torch.where(targets[inside] == cut.bridge.eoi, len(allowed) - 1, index)
+    expected[inside] = F.cross_entropy(logits[inside][:, allowed], index, reduction="none")
+    with torch.no_grad():
+        got_full, _ = full(**batch)
+        got_cut, _ = cut(**batch)
+    assert torch.allclose(got_cut, expected[keep].mean(), atol=1e-4)
+    assert got_cut < got_full  # fewer competitors at the image positions
+    with pytest.raises(ConfigError, match="image_softmax"):
+        build(tok, "vocabulary", {"bridge": {"name": "vocabulary", "image_softmax": "partial"}})
+
+
 def test_answers_are_text_and_untrained_rows_do_not_leak():
     m = build("vocab", "vocabulary").eval()
     answers = m.answer(images(m.image_tokenizer, 2), "What is in this image?", max_new_tokens=6)

@@ -214,7 +214,7 @@ class MLLM(nn.Module):
         hidden = out.hidden_states[-1]  # after the final norm
         targets = labels[:, 1:]
         counted = targets != IGNORE
-        nll = F.cross_entropy(self._lm_logits(hidden[:, :-1][counted]), targets[counted], reduction="none")
+        nll = self._lm_nll(hidden[:, :-1][counted], targets[counted])
         lm = nll.sum() / counted.sum().clamp(min=1)
         stats: dict[str, torch.Tensor] = {"lm": lm.detach()}
         position_role = role[:, None].expand_as(counted)[counted]
@@ -229,11 +229,36 @@ class MLLM(nn.Module):
             stats.update({"image": image_loss.detach(), **{f"image_{k}": v for k, v in image_stats.items()}})
         return loss, stats
 
-    def _lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """The LLM's output head on final hidden states (N, D) -> float logits (N, V), with the logit soft-capping
-        of the models that have it (Gemma 2)."""
+    def _lm_nll(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Per-token cross-entropy (N,) of the LLM's head on hidden states (N, D). With the vocabulary bridge's
+        ``image_softmax: codebook``, a target that decoding samples inside an image is scored among those ids only."""
+        if getattr(self.bridge, "image_softmax", "full") != "codebook":
+            return F.cross_entropy(self._lm_logits(hidden), targets, reduction="none")
+        allowed = self.bridge.sampled_ids.to(targets.device)
+        lookup = torch.full((self.vocab_rows,), -1, dtype=torch.long, device=targets.device)
+        lookup[allowed] = torch.arange(len(allowed), device=targets.device)
+        inside = lookup[targets]
+        sampled = (inside >= 0).nonzero().squeeze(1)
+        forced = (inside < 0).nonzero().squeeze(1)
+        nll = hidden.new_zeros(len(targets), dtype=torch.float32)
+        if len(sampled):
+            ce = F.cross_entropy(self._lm_logits(hidden[sampled], allowed), inside[sampled], reduction="none")
+            nll = nll.index_put((sampled,), ce)
+        if len(forced):
+            nll = nll.index_put((forced,), F.cross_entropy(self._lm_logits(hidden[forced]), targets[forced],
+                                                           reduction="none"))
+        return nll
+
+    def _lm_logits(self, hidden: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The LLM's output head on final hidden states (N, D) -> float logits (N, V) (or (N, len(ids)): the rows of
+        ``ids`` only), with the logit soft-capping of the models that have it (Gemma 2)."""
         base = self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
-        logits = base.get_output_embeddings()(hidden).float()
+        head = base.get_output_embeddings()
+        if ids is None:
+            logits = head(hidden).float()
+        else:
+            bias = head.bias[ids] if head.bias is not None else None
+            logits = F.linear(hidden, head.weight[ids], bias).float()
         cap = getattr(base.config, "final_logit_softcapping", None)
         return torch.tanh(logits / cap) * cap if cap else logits
 

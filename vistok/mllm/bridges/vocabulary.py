@@ -10,6 +10,10 @@
 - The embedding table grows with ``resize_token_embeddings(..., mean_resizing=True)`` (done by the MLLM), which
   starts the new rows at the mean of the old ones (Liquid's ``expand_vocabulary.py``); tied input/output tables stay
   one tensor.
+- Loss on image positions (``image_softmax``): ``"full"`` (Chameleon, Liquid) is the LLM's softmax over its whole
+  vocabulary; ``"codebook"`` is the softmax over the ids decoding may draw there (:attr:`sampled_ids`: the codes,
+  and ``<eoi>`` for ``prefix_ok`` tokenizers), the distribution constrained decoding samples from. It skips the
+  (positions × whole vocabulary) logits, which on a CPU are about half of a step when the blocks below are frozen.
 - Decoding: :meth:`step_rule` says, for the k-th position after ``<boi>``, which ids are allowed (image ids, and
   ``<eoi>`` for an early stop) or which single id is forced (size tokens, row ends, the closing ``<eoi>``).
 """
@@ -29,10 +33,15 @@ MAX_IMAGE_VOCAB = 1 << 18  # 262,144 new rows (Emu3 adds 32,768): more would dwa
 
 @register("mllm_bridge", "vocabulary")
 class VocabularyBridge(Bridge):
-    """max_image_vocab: the largest codebook accepted (each code is an embedding row and an output logit)."""
+    """max_image_vocab: the largest codebook accepted (each code is an embedding row and an output logit);
+    image_softmax: ``"full"`` or ``"codebook"`` (the module docstring)."""
 
-    def __init__(self, spec: TokenSpec, hidden_size: int, max_image_vocab: int = MAX_IMAGE_VOCAB) -> None:
+    def __init__(self, spec: TokenSpec, hidden_size: int, max_image_vocab: int = MAX_IMAGE_VOCAB,
+                 image_softmax: str = "full") -> None:
         super().__init__(spec, hidden_size)
+        if image_softmax not in ("full", "codebook"):
+            raise ConfigError(f"bridge.image_softmax must be 'full' or 'codebook', got {image_softmax!r}")
+        self.image_softmax = image_softmax
         if spec.kind != "vocab":
             raise ConfigError(f"the vocabulary bridge takes 'vocab' tokens (one index per position); this tokenizer's "
                               f"are {spec.kind!r} with vocabularies {spec.vocab_sizes}: use bridge=adapter")
@@ -80,6 +89,12 @@ class VocabularyBridge(Bridge):
         """Ids that may only appear inside an image (image codes, row ends, size tokens, ``<eoi>``)."""
         extra = [self.eoi, *([self.eor, *self.size_ids] if self.grid else [])]
         return torch.cat([torch.arange(self.img_base, self.img_base + self.image_vocab), torch.tensor(extra)])
+
+    @property
+    def sampled_ids(self) -> torch.Tensor:
+        """Ids decoding may draw inside an image (the rest is forced): the codes, and ``<eoi>`` for prefix images."""
+        codes = torch.arange(self.img_base, self.img_base + self.image_vocab)
+        return torch.cat([codes, torch.tensor([self.eoi])]) if self.spec.prefix_ok and not self.grid else codes
 
     def step_rule(self, k: int, num_tokens: int | None = None) -> tuple[str, int | bool]:
         """What may follow the k-th position after ``<boi>`` (k = tokens already written after it):
