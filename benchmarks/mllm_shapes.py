@@ -66,12 +66,16 @@ def main(argv: list[str] | None = None) -> int:
         recon = torch.cat([tokenizer.decode(tokenizer.encode(x)).clamp(-1, 1) for x in held_images.split(64)])
         return judge_accuracy(judge, recon, [it["shape"] for it in held_items], [it["color"] for it in held_items])
 
+    def grid_name(run: str) -> str:  # runs/x -> x; runs/x/checkpoints/step_0001100/model -> x_step_0001100
+        parts = [q for q in Path(run).parts if q not in ("runs", "checkpoints", "model", ".")]
+        return "_".join(parts[-2:]) if len(parts) > 1 and parts[-1].startswith("step_") else parts[-1]
+
     def save_grid(run: str, images: torch.Tensor) -> None:
         """One row per shape: its 6 colors ("a red circle", "a green circle", …), per_prompt images each."""
         if args.grid_dir:
             from torchvision.utils import save_image
             Path(args.grid_dir).mkdir(parents=True, exist_ok=True)
-            save_image(images.clamp(-1, 1) * 0.5 + 0.5, Path(args.grid_dir) / f"{Path(run).name}.png",
+            save_image(images.clamp(-1, 1) * 0.5 + 0.5, Path(args.grid_dir) / f"{grid_name(run)}.png",
                        nrow=max(args.per_prompt, 1) * 6, padding=1)
 
     for run in args.mllm:
