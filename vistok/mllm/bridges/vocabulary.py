@@ -13,7 +13,7 @@
 - Loss on image positions (``image_softmax``): ``"full"`` (Chameleon, Liquid) is the LLM's softmax over its whole
   vocabulary; ``"codebook"`` is the softmax over the ids decoding may draw there (:attr:`sampled_ids`: the codes,
   and ``<eoi>`` for ``prefix_ok`` tokenizers), the distribution constrained decoding samples from. It skips the
-  (positions × whole vocabulary) logits, which on a CPU are about half of a step when the blocks below are frozen.
+  (positions × whole vocabulary) logits and their backward (docs/mllm.md measures the saving).
 - Decoding: :meth:`step_rule` says, for the k-th position after ``<boi>``, which ids are allowed (image ids, and
   ``<eoi>`` for an early stop) or which single id is forced (size tokens, row ends, the closing ``<eoi>``).
 """
